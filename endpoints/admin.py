@@ -1,0 +1,388 @@
+"""The operator's interface to the registry. Display and actions only: logic lives in services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.http import HttpRequest, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from endpoints.forms import EndpointForm, EndpointInlineFormSet
+from endpoints.models import Cluster, Endpoint, FailoverEvent, HealthCheck, Role, State
+from endpoints.probe import ProbeResult, check_endpoints
+
+HISTORY_ROWS = 20
+
+STATE_COLOURS = {
+    State.HEALTHY: "#1e7d32",
+    State.DEGRADED: "#b26a00",
+    State.DOWN: "#c62828",
+    State.FENCED: "#4a148c",
+    State.UNKNOWN: "#616161",
+}
+
+CONNECTION_FIELDS = ("host", "port", "dbname", "user", "password", "clear_password")
+OBSERVED_FIELDS = (
+    "state_badge",
+    "health_score",
+    "in_recovery",
+    "last_checked_at",
+    "last_latency_ms",
+    "replication_lag_bytes",
+    "replication_lag_s",
+    "consecutive_failures",
+    "last_error",
+)
+
+
+def state_badge(endpoint: Endpoint) -> SafeString:
+    colour = STATE_COLOURS.get(endpoint.state, STATE_COLOURS[State.UNKNOWN])
+    return format_html(
+        '<span class="pgw-state pgw-state-{}" style="background:{};color:#fff;'
+        'padding:2px 8px;border-radius:8px;font-weight:600">{}</span>',
+        endpoint.state,
+        colour,
+        endpoint.get_state_display(),
+    )
+
+
+def report_check(request: HttpRequest, endpoint: Endpoint, result: ProbeResult) -> None:
+    if result.ok:
+        messages.success(request, f"{endpoint}: connected. {result.summary()}.")
+    else:
+        messages.error(request, f"{endpoint}: connection failed: {result.error}")
+
+
+class EndpointInline(admin.TabularInline):
+    model = Endpoint
+    form = EndpointForm
+    formset = EndpointInlineFormSet
+    extra = 0
+    show_change_link = True
+    fields = (
+        "name",
+        "role",
+        "host",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "sslmode",
+        "weight",
+        "enabled",
+        "promotion_priority",
+        "zone",
+        "state_badge",
+    )
+    readonly_fields = ("state_badge",)
+
+    @admin.display(description="state")
+    def state_badge(self, endpoint: Endpoint) -> SafeString:
+        return state_badge(endpoint)
+
+
+@admin.register(Cluster)
+class ClusterAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "primary_name",
+        "endpoint_count",
+        "read_preference",
+        "load_balancing",
+        "auto_failover",
+    )
+    search_fields = ("name", "description")
+    inlines = [EndpointInline]
+    fieldsets = (
+        (None, {"fields": ("name", "description")}),
+        (
+            "Routing",
+            {
+                "fields": (
+                    "read_preference",
+                    "load_balancing",
+                    "max_replica_lag_s",
+                    "connect_timeout_s",
+                    "statement_timeout_ms",
+                )
+            },
+        ),
+        (
+            "Retries",
+            {
+                "fields": (
+                    "retry_strategy",
+                    "retry_max_attempts",
+                    "retry_initial_delay_ms",
+                    "retry_max_delay_ms",
+                    "retry_multiplier",
+                    "retry_increment_ms",
+                )
+            },
+        ),
+        (
+            "Health checks",
+            {"fields": ("check_interval_s", "probe_timeout_s", "failure_threshold")},
+        ),
+        ("Failover", {"fields": ("auto_failover", "max_failover_lag_bytes")}),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Cluster]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                n_endpoints=Count("endpoints"),
+                n_enabled=Count("endpoints", filter=Q(endpoints__enabled=True)),
+                primary=Subquery(
+                    Endpoint.objects.filter(
+                        cluster=OuterRef("pk"), role=Role.PRIMARY, enabled=True
+                    ).values("name")[:1]
+                ),
+            )
+        )
+
+    @admin.display(description="endpoints (enabled)", ordering="n_endpoints")
+    def endpoint_count(self, cluster: Cluster) -> str:
+        return f"{cluster.n_endpoints} ({cluster.n_enabled})"  # type: ignore[attr-defined]
+
+    @admin.display(description="primary", ordering="primary")
+    def primary_name(self, cluster: Cluster) -> str:
+        return cluster.primary or "—"  # type: ignore[attr-defined]
+
+
+@admin.register(Endpoint)
+class EndpointAdmin(admin.ModelAdmin):
+    form = EndpointForm
+    change_form_template = "admin/endpoints/endpoint/change_form.html"
+    list_display = (
+        "name",
+        "cluster",
+        "role",
+        "state_badge",
+        "health_score",
+        "latency",
+        "lag",
+        "weight",
+        "enabled",
+    )
+    list_filter = ("cluster", "role", "state", "enabled")
+    list_select_related = ("cluster",)
+    search_fields = ("name", "host")
+    actions = ["check_connection_now"]
+    readonly_fields = (*OBSERVED_FIELDS, "connection_url", "recent_health_checks", "failovers")
+    fieldsets = (
+        (None, {"fields": ("cluster", "name")}),
+        (
+            "Connection",
+            {"fields": (*CONNECTION_FIELDS, "sslmode", "sslrootcert", "connection_url")},
+        ),
+        ("Routing", {"fields": ("role", "enabled", "weight", "promotion_priority", "zone")}),
+        (
+            "Pool (per pgwarden process)",
+            {
+                "fields": (
+                    "pool_min_size",
+                    "pool_max_size",
+                    "pool_timeout_s",
+                    "pool_max_idle_s",
+                    "pool_max_lifetime_s",
+                )
+            },
+        ),
+        ("Observed by health checks", {"fields": OBSERVED_FIELDS}),
+        ("History", {"fields": ("recent_health_checks", "failovers")}),
+    )
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, endpoint: Endpoint) -> SafeString:
+        return state_badge(endpoint)
+
+    @admin.display(description="latency", ordering="last_latency_ms")
+    def latency(self, endpoint: Endpoint) -> str:
+        if endpoint.last_latency_ms is None:
+            return "—"
+        return f"{endpoint.last_latency_ms:.1f} ms"
+
+    @admin.display(description="lag", ordering="replication_lag_s")
+    def lag(self, endpoint: Endpoint) -> str:
+        if endpoint.role == Role.PRIMARY or endpoint.replication_lag_s is None:
+            return "—"
+        bytes_part = (
+            f", {endpoint.replication_lag_bytes} B"
+            if endpoint.replication_lag_bytes is not None
+            else ""
+        )
+        return f"{endpoint.replication_lag_s:.1f} s{bytes_part}"
+
+    @admin.display(description="connection (password masked)")
+    def connection_url(self, endpoint: Endpoint) -> str:
+        return endpoint.masked_dsn() if endpoint.pk else "—"
+
+    @admin.display(description=f"latest {HISTORY_ROWS} health checks")
+    def recent_health_checks(self, endpoint: Endpoint) -> SafeString | str:
+        if not endpoint.pk:
+            return "—"
+        checks = endpoint.health_checks.order_by("-checked_at")[:HISTORY_ROWS]
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    check.checked_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    "ok" if check.ok else "failed",
+                    _number(check.latency_ms, "ms"),
+                    _number(check.lag_s, "s"),
+                    _number(check.lag_bytes, "B"),
+                    _number(check.score, ""),
+                    check.error,
+                )
+                for check in checks
+            ),
+        )
+        if not rows:
+            return "No health checks recorded yet."
+        return format_html(
+            '<table class="pgw-history"><thead><tr><th>checked at</th><th>result</th>'
+            "<th>latency</th><th>lag</th><th>lag bytes</th><th>score</th><th>error</th>"
+            "</tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    @admin.display(description="failover events")
+    def failovers(self, endpoint: Endpoint) -> SafeString | str:
+        if not endpoint.pk:
+            return "—"
+        events = FailoverEvent.objects.filter(
+            Q(old_primary=endpoint) | Q(new_primary=endpoint)
+        ).order_by("-started_at")[:HISTORY_ROWS]
+        rows = format_html_join(
+            "",
+            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{} → {}</td><td>{}</td></tr>',
+            (
+                (
+                    reverse("admin:endpoints_failoverevent_change", args=[event.pk]),
+                    event.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    event.get_kind_display(),
+                    event.old_primary_name or "—",
+                    event.new_primary_name or "—",
+                    event.get_outcome_display(),
+                )
+                for event in events
+            ),
+        )
+        if not rows:
+            return "None."
+        return format_html(
+            '<table class="pgw-failovers"><thead><tr><th>started</th><th>kind</th>'
+            "<th>primary</th><th>outcome</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    @admin.action(description="Check connection now")
+    def check_connection_now(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
+        for endpoint, result in check_endpoints(queryset.select_related("cluster")):
+            report_check(request, endpoint, result)
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path(
+                "<int:object_id>/check-connection/",
+                self.admin_site.admin_view(self.check_connection_view),
+                name="endpoints_endpoint_check_connection",
+            ),
+            *super().get_urls(),
+        ]
+
+    def check_connection_view(self, request: HttpRequest, object_id: int) -> HttpResponseRedirect:
+        endpoint = get_object_or_404(Endpoint.objects.select_related("cluster"), pk=object_id)
+        if request.method == "POST" and self.has_view_permission(request, endpoint):
+            [(_, result)] = check_endpoints([endpoint])
+            report_check(request, endpoint, result)
+        return HttpResponseRedirect(reverse("admin:endpoints_endpoint_change", args=[object_id]))
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """An audit view: nothing is added, edited or deleted through the admin."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(HealthCheck)
+class HealthCheckAdmin(ReadOnlyAdmin):
+    list_display = (
+        "checked_at",
+        "endpoint",
+        "ok",
+        "latency_ms",
+        "in_recovery",
+        "lag_s",
+        "lag_bytes",
+        "connections_in_use",
+        "score",
+        "error",
+    )
+    list_filter = ("ok", "endpoint__cluster")
+    list_select_related = ("endpoint__cluster",)
+    search_fields = ("endpoint__name",)
+    # Counting a long history on every page view is the slow part: skip the full count.
+    show_full_result_count = False
+
+
+@admin.register(FailoverEvent)
+class FailoverEventAdmin(ReadOnlyAdmin):
+    list_display = (
+        "started_at",
+        "cluster",
+        "kind",
+        "old_primary_name",
+        "new_primary_name",
+        "outcome",
+        "finished_at",
+    )
+    list_filter = ("cluster", "kind", "outcome")
+    list_select_related = ("cluster",)
+    readonly_fields = ("steps_table",)
+    exclude = ("steps",)
+
+    @admin.display(description="steps")
+    def steps_table(self, event: FailoverEvent) -> SafeString | str:
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    step.get("at", ""),
+                    step.get("step", ""),
+                    "ok" if step.get("ok", True) else "failed",
+                    step.get("detail", ""),
+                )
+                for step in event.steps or []
+            ),
+        )
+        if not rows:
+            return "No steps recorded."
+        return format_html(
+            "<table><thead><tr><th>at</th><th>step</th><th>result</th><th>detail</th></tr>"
+            "</thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+
+def _number(value: float | int | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    text = f"{value:.1f}" if isinstance(value, float) else str(value)
+    return f"{text} {unit}".strip()

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class EndpointsConfig(AppConfig):
+    name = "endpoints"
+    verbose_name = "PostgreSQL endpoints"
+    default_auto_field = "django.db.models.BigAutoField"

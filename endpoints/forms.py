@@ -1,0 +1,121 @@
+"""Admin forms: a write-only password and the one-primary rule across an inline formset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.forms.models import BaseInlineFormSet
+
+from endpoints.models import Endpoint, Role
+
+
+class EndpointForm(forms.ModelForm):
+    password = forms.CharField(
+        label="Password",
+        required=False,
+        strip=False,
+        # render_value=False: the stored password is never sent back to the browser.
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only: leave blank to keep the stored password. Stored encrypted.",
+    )
+    clear_password = forms.BooleanField(
+        label="Remove password",
+        required=False,
+        help_text="Connect without a password (trust, peer or certificate authentication).",
+    )
+
+    class Meta:
+        model = Endpoint
+        fields = (
+            "cluster",
+            "name",
+            "host",
+            "port",
+            "dbname",
+            "user",
+            "sslmode",
+            "sslrootcert",
+            "role",
+            "enabled",
+            "weight",
+            "promotion_priority",
+            "zone",
+            "pool_min_size",
+            "pool_max_size",
+            "pool_timeout_s",
+            "pool_max_idle_s",
+            "pool_max_lifetime_s",
+        )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.has_password:
+            self.fields["password"].widget.attrs["placeholder"] = "(stored; blank keeps it)"
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if cleaned.get("password") and cleaned.get("clear_password"):
+            self.add_error("clear_password", "Either set a new password or remove it, not both.")
+        return cleaned
+
+    def save(self, commit: bool = True) -> Endpoint:
+        endpoint: Endpoint = super().save(commit=False)
+        if self.cleaned_data.get("password"):
+            endpoint.set_password(self.cleaned_data["password"])
+        elif self.cleaned_data.get("clear_password"):
+            endpoint.set_password("")
+        if commit:
+            endpoint.save()
+            self._save_m2m()
+        return endpoint
+
+
+class EndpointInlineFormSet(BaseInlineFormSet):
+    """Checks "one enabled primary" over the submitted forms, not row by row.
+
+    Row by row, moving the primary from one endpoint to another in a single
+    save would be refused (the other row is still primary in the database).
+    """
+
+    def _construct_form(self, i: int, **kwargs: Any) -> forms.Form:
+        form = super()._construct_form(i, **kwargs)
+        form.instance.primary_checked_by_formset = True
+        return form
+
+    def clean(self) -> None:
+        super().clean()
+        primaries = [
+            form.cleaned_data.get("name") or "(new)"
+            for form in self.forms
+            if self._takes_primary(form)
+        ]
+        if len(primaries) > 1:
+            raise ValidationError(
+                f"A cluster has at most one enabled primary; this form makes "
+                f"{', '.join(repr(name) for name in primaries)} primaries. Make all but one a "
+                "replica or disable them."
+            )
+
+    def save_existing_objects(self, commit: bool = True) -> list[Endpoint]:
+        # Release the primary slot before taking it, so the database constraint holds
+        # after every single row is written.
+        initial_count = self.initial_form_count()
+        original = self.forms
+        self.forms = [
+            *sorted(original[:initial_count], key=self._takes_primary),
+            *original[initial_count:],
+        ]
+        try:
+            return super().save_existing_objects(commit)
+        finally:
+            self.forms = original
+
+    def _takes_primary(self, form: forms.Form) -> bool:
+        data = getattr(form, "cleaned_data", None) or {}
+        return (
+            not data.get("DELETE", False)
+            and data.get("role") == Role.PRIMARY
+            and bool(data.get("enabled"))
+        )

@@ -1,0 +1,567 @@
+"""The registry: clusters, endpoints, their health history and failover audit trail.
+
+Validation lives here (field validators, ``clean``) so the admin, management
+commands and services share it; the one-enabled-primary rule is also a
+database constraint, so nothing that bypasses forms can break it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from endpoints import crypto
+from endpoints.conninfo import ConnectionInfo
+
+
+class ReadPreference(models.TextChoices):
+    PRIMARY = "primary", "primary (reads on the primary only)"
+    PRIMARY_PREFERRED = "primary_preferred", "primary preferred (replicas if it is down)"
+    SECONDARY = "secondary", "secondary (replicas only)"
+    SECONDARY_PREFERRED = "secondary_preferred", "secondary preferred (primary if none is up)"
+    NEAREST = "nearest", "nearest (lowest latency, any role)"
+
+
+class LoadBalancing(models.TextChoices):
+    ROUND_ROBIN = "round_robin", "round robin"
+    WEIGHTED_ROUND_ROBIN = "weighted_round_robin", "weighted round robin"
+    LEAST_CONNECTIONS = "least_connections", "least connections"
+    RANDOM = "random", "random"
+    RESPONSE_TIME = "response_time", "fastest response time"
+    HEALTH_BASED = "health_based", "best health score"
+
+
+class RetryStrategy(models.TextChoices):
+    FIXED = "fixed", "fixed delay"
+    EXPONENTIAL = "exponential", "exponential backoff"
+    LINEAR = "linear", "linear backoff"
+
+
+class Role(models.TextChoices):
+    PRIMARY = "primary", "primary"
+    REPLICA = "replica", "replica"
+
+
+class State(models.TextChoices):
+    UNKNOWN = "unknown", "unknown"
+    HEALTHY = "healthy", "healthy"
+    DEGRADED = "degraded", "degraded"
+    DOWN = "down", "down"
+    FENCED = "fenced", "fenced"
+
+
+class SslMode(models.TextChoices):
+    DISABLE = "disable", "disable"
+    ALLOW = "allow", "allow"
+    PREFER = "prefer", "prefer"
+    REQUIRE = "require", "require"
+    VERIFY_CA = "verify-ca", "verify-ca"
+    VERIFY_FULL = "verify-full", "verify-full"
+
+
+def _positive(name: str) -> list[MinValueValidator]:
+    return [MinValueValidator(1, message=f"{name} must be greater than 0.")]
+
+
+def _positive_float(name: str) -> list[MinValueValidator]:
+    return [MinValueValidator(0.001, message=f"{name} must be greater than 0.")]
+
+
+class Cluster(models.Model):
+    name = models.SlugField(
+        "name",
+        max_length=63,
+        unique=True,
+        help_text="Short identifier used by the router, the MCP server and metrics (letters, "
+        "digits, hyphens, underscores).",
+    )
+    description = models.TextField("description", blank=True)
+    read_preference = models.CharField(
+        "read preference",
+        max_length=24,
+        choices=ReadPreference.choices,
+        default=ReadPreference.PRIMARY_PREFERRED,
+        help_text="Where reads go by default. 'primary preferred' reads from the primary and "
+        "falls back to replicas when it is unreachable, so reads never see replication lag "
+        "unless they must.",
+    )
+    load_balancing = models.CharField(
+        "load balancing",
+        max_length=24,
+        choices=LoadBalancing.choices,
+        default=LoadBalancing.WEIGHTED_ROUND_ROBIN,
+        help_text="How the router spreads requests across eligible endpoints; weights apply "
+        "to the weighted strategy.",
+    )
+    max_replica_lag_s = models.FloatField(
+        "max replica lag (s)",
+        null=True,
+        blank=True,
+        default=10.0,
+        validators=[MinValueValidator(0, message="Max replica lag cannot be negative.")],
+        help_text="Replicas lagging more than this many seconds are not read from. "
+        "Blank: no bound.",
+    )
+    retry_strategy = models.CharField(
+        "retry strategy",
+        max_length=16,
+        choices=RetryStrategy.choices,
+        default=RetryStrategy.EXPONENTIAL,
+        help_text="Delay between attempts after a connection failure. Writes whose outcome "
+        "is unknown are never retried.",
+    )
+    retry_max_attempts = models.PositiveSmallIntegerField(
+        "retry max attempts",
+        default=3,
+        validators=[*_positive("Max attempts"), MaxValueValidator(20)],
+        help_text="Attempts per request, the first included (1 = no retry).",
+    )
+    retry_initial_delay_ms = models.PositiveIntegerField(
+        "retry initial delay (ms)",
+        default=50,
+        help_text="Delay before the first retry.",
+    )
+    retry_max_delay_ms = models.PositiveIntegerField(
+        "retry max delay (ms)",
+        default=2000,
+        help_text="Upper bound of any retry delay.",
+    )
+    retry_multiplier = models.FloatField(
+        "retry multiplier",
+        default=2.0,
+        validators=[MinValueValidator(1.0, message="The multiplier must be at least 1.")],
+        help_text="Exponential strategy: each delay is the previous one times this.",
+    )
+    retry_increment_ms = models.PositiveIntegerField(
+        "retry increment (ms)",
+        default=100,
+        help_text="Linear strategy: each delay is the previous one plus this.",
+    )
+    connect_timeout_s = models.PositiveSmallIntegerField(
+        "connect timeout (s)",
+        default=3,
+        validators=_positive("Connect timeout"),
+        help_text="How long the router waits for a new connection before trying elsewhere. "
+        "Short, so a dead host costs little.",
+    )
+    statement_timeout_ms = models.PositiveIntegerField(
+        "statement timeout (ms)",
+        default=30000,
+        validators=_positive("Statement timeout"),
+        help_text="Server-side statement_timeout for routed queries.",
+    )
+    check_interval_s = models.FloatField(
+        "health check interval (s)",
+        default=1.0,
+        validators=_positive_float("Check interval"),
+        help_text="How often every endpoint is probed. 1 s detects a dead primary within "
+        "seconds (Patroni's loop is 10 s).",
+    )
+    probe_timeout_s = models.FloatField(
+        "probe timeout (s)",
+        default=2.0,
+        validators=_positive_float("Probe timeout"),
+        help_text="A probe that takes longer counts as a failure; a hung host costs at most "
+        "this per sweep.",
+    )
+    failure_threshold = models.PositiveSmallIntegerField(
+        "failure threshold",
+        default=3,
+        validators=_positive("Failure threshold"),
+        help_text="Consecutive failed probes before an endpoint is marked down (and, for a "
+        "primary, failover starts). 3 x 1 s rides out a blip and still fails over in seconds.",
+    )
+    auto_failover = models.BooleanField(
+        "automatic failover",
+        default=True,
+        help_text="Promote the most up-to-date replica when the primary is down.",
+    )
+    max_failover_lag_bytes = models.PositiveBigIntegerField(
+        "max failover lag (bytes)",
+        default=1024 * 1024,
+        help_text="Replicas further behind than this are not promoted, so failover never "
+        "silently drops more than this much WAL (1 MiB, like Patroni's "
+        "maximum_lag_on_failover).",
+    )
+    created_at = models.DateTimeField("created", auto_now_add=True)
+    updated_at = models.DateTimeField("updated", auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(retry_max_delay_ms__gte=models.F("retry_initial_delay_ms")),
+                name="cluster_retry_max_delay_gte_initial",
+                violation_error_message="The max delay must be at least the initial delay.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if (
+            self.retry_max_delay_ms is not None
+            and self.retry_initial_delay_ms is not None
+            and self.retry_max_delay_ms < self.retry_initial_delay_ms
+        ):
+            errors["retry_max_delay_ms"] = "The max delay must be at least the initial delay."
+        if errors:
+            raise ValidationError(errors)
+
+
+class Endpoint(models.Model):
+    cluster = models.ForeignKey(
+        Cluster,
+        on_delete=models.CASCADE,
+        related_name="endpoints",
+        verbose_name="cluster",
+    )
+    name = models.SlugField(
+        "name",
+        max_length=63,
+        help_text="Unique within the cluster, e.g. pg1 or eu-west-replica.",
+    )
+    host = models.CharField(
+        "host", max_length=255, help_text="Host name or IP address the server listens on."
+    )
+    port = models.PositiveIntegerField(
+        "port",
+        default=5432,
+        validators=[
+            MinValueValidator(1, message="Port must be between 1 and 65535."),
+            MaxValueValidator(65535, message="Port must be between 1 and 65535."),
+        ],
+    )
+    dbname = models.CharField("database", max_length=63, default="postgres")
+    user = models.CharField("user", max_length=63, default="postgres")
+    password_encrypted = models.TextField(
+        "password (encrypted)",
+        blank=True,
+        editable=False,
+        help_text="Fernet token; the plaintext is never stored.",
+    )
+    sslmode = models.CharField(
+        "SSL mode",
+        max_length=11,
+        choices=SslMode.choices,
+        default=SslMode.PREFER,
+        help_text="libpq sslmode. Use verify-full with a root certificate across untrusted "
+        "networks.",
+    )
+    sslrootcert = models.CharField(
+        "SSL root certificate",
+        max_length=500,
+        blank=True,
+        help_text="Path, on the pgwarden hosts, of the CA certificate for verify-ca/verify-full.",
+    )
+    role = models.CharField(
+        "role",
+        max_length=8,
+        choices=Role.choices,
+        default=Role.REPLICA,
+        help_text="Configured role. Failover and switchover update it; at most one enabled "
+        "primary per cluster.",
+    )
+    weight = models.PositiveIntegerField(
+        "weight",
+        default=100,
+        help_text="Share of reads under weighted balancing. 0 drains the endpoint: no new "
+        "requests, existing ones finish.",
+    )
+    enabled = models.BooleanField(
+        "enabled",
+        default=True,
+        help_text="Disabled endpoints are neither probed nor routed to.",
+    )
+    promotion_priority = models.IntegerField(
+        "promotion priority",
+        default=0,
+        help_text="Failover tie-breaker between replicas equally up to date: higher wins.",
+    )
+    zone = models.CharField(
+        "zone",
+        max_length=63,
+        blank=True,
+        help_text="Location label (e.g. eu-west-1a), for locality-aware routing.",
+    )
+    pool_min_size = models.PositiveIntegerField(
+        "pool min size",
+        default=1,
+        help_text="Connections each pgwarden process keeps open to this endpoint.",
+    )
+    pool_max_size = models.PositiveIntegerField(
+        "pool max size",
+        default=10,
+        validators=_positive("Pool max size"),
+        help_text="Most connections each pgwarden process opens to this endpoint.",
+    )
+    pool_timeout_s = models.FloatField(
+        "pool timeout (s)",
+        default=5.0,
+        validators=_positive_float("Pool timeout"),
+        help_text="How long a request waits for a free pooled connection.",
+    )
+    pool_max_idle_s = models.FloatField(
+        "pool max idle (s)",
+        default=300.0,
+        validators=_positive_float("Pool max idle"),
+        help_text="Idle connections above the min size are closed after this long.",
+    )
+    pool_max_lifetime_s = models.FloatField(
+        "pool max lifetime (s)",
+        default=3600.0,
+        validators=_positive_float("Pool max lifetime"),
+        help_text="Connections are replaced after this long (with jitter), so server-side "
+        "memory and settings changes do not linger.",
+    )
+
+    # Observed status, written by health checks.
+    state = models.CharField(
+        "state", max_length=8, choices=State.choices, default=State.UNKNOWN, editable=False
+    )
+    health_score = models.PositiveSmallIntegerField(
+        "health score",
+        null=True,
+        blank=True,
+        editable=False,
+        validators=[MaxValueValidator(100)],
+        help_text="0-100, derived from availability, latency, lag and saturation.",
+    )
+    last_checked_at = models.DateTimeField("last checked", null=True, blank=True, editable=False)
+    last_latency_ms = models.FloatField("latency (ms)", null=True, blank=True, editable=False)
+    replication_lag_bytes = models.BigIntegerField(
+        "lag (bytes)", null=True, blank=True, editable=False
+    )
+    replication_lag_s = models.FloatField("lag (s)", null=True, blank=True, editable=False)
+    consecutive_failures = models.PositiveIntegerField(
+        "consecutive failures", default=0, editable=False
+    )
+    last_error = models.TextField("last error", blank=True, editable=False)
+    in_recovery = models.BooleanField("in recovery", null=True, blank=True, editable=False)
+
+    created_at = models.DateTimeField("created", auto_now_add=True)
+    updated_at = models.DateTimeField("updated", auto_now=True)
+
+    class Meta:
+        ordering = ["cluster__name", "-role", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster", "name"],
+                name="endpoint_name_unique_in_cluster",
+                violation_error_message="This cluster already has an endpoint with this name.",
+            ),
+            models.UniqueConstraint(
+                fields=["cluster"],
+                condition=Q(role="primary", enabled=True),
+                name="one_enabled_primary_per_cluster",
+                violation_error_message="This cluster already has an enabled primary.",
+            ),
+            models.CheckConstraint(
+                condition=Q(port__gte=1, port__lte=65535),
+                name="endpoint_port_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(pool_min_size__lte=models.F("pool_max_size")),
+                name="endpoint_pool_min_lte_max",
+                violation_error_message="Pool min size cannot exceed pool max size.",
+            ),
+        ]
+
+    # Set by the cluster admin's inline formset, which checks the rule across all its rows.
+    primary_checked_by_formset = False
+
+    def __str__(self) -> str:
+        return f"{self.cluster.name}/{self.name}" if self.cluster_id else self.name
+
+    def __repr__(self) -> str:
+        # Spelled out so no future field (or the password token) slips into logs.
+        return (
+            f"<Endpoint {self.pk}: {self} {self.role} {self.host}:{self.port} "
+            f"enabled={self.enabled} state={self.state}>"
+        )
+
+    # Credentials
+
+    @property
+    def has_password(self) -> bool:
+        return bool(self.password_encrypted)
+
+    def set_password(self, plaintext: str) -> None:
+        """Store ``plaintext`` encrypted; an empty string removes the password."""
+        self.password_encrypted = crypto.encrypt(plaintext) if plaintext else ""
+
+    def get_password(self) -> crypto.Secret:
+        if not self.password_encrypted:
+            return crypto.Secret("")
+        return crypto.decrypt(self.password_encrypted)
+
+    def connection_info(self, *, connect_timeout_s: float | None = None) -> ConnectionInfo:
+        """Everything needed to connect, the password wrapped in a masked ``Secret``."""
+        cluster = self.cluster
+        timeout = connect_timeout_s if connect_timeout_s is not None else cluster.connect_timeout_s
+        return ConnectionInfo(
+            host=self.host,
+            port=self.port,
+            dbname=self.dbname,
+            user=self.user,
+            password=self.get_password(),
+            sslmode=self.sslmode,
+            sslrootcert=self.sslrootcert,
+            # libpq takes whole seconds, and treats values below 2 as 2.
+            connect_timeout_s=max(1, round(timeout)),
+            statement_timeout_ms=cluster.statement_timeout_ms,
+        )
+
+    def masked_dsn(self) -> str:
+        return ConnectionInfo(
+            host=self.host,
+            port=self.port,
+            dbname=self.dbname,
+            user=self.user,
+            password=crypto.Secret("set" if self.has_password else ""),
+            sslmode=self.sslmode,
+            sslrootcert=self.sslrootcert,
+        ).masked()
+
+    # Validation
+
+    def clean(self) -> None:
+        errors: dict[str, Any] = {}
+        if (
+            self.pool_min_size is not None
+            and self.pool_max_size is not None
+            and self.pool_min_size > self.pool_max_size
+        ):
+            errors["pool_min_size"] = (
+                f"Pool min size ({self.pool_min_size}) cannot exceed pool max size "
+                f"({self.pool_max_size})."
+            )
+        if self.sslmode in (SslMode.VERIFY_CA, SslMode.VERIFY_FULL) and not self.sslrootcert:
+            errors["sslrootcert"] = (
+                f"sslmode {self.sslmode} verifies the server certificate: give the path of the "
+                "root certificate."
+            )
+        other_primary = self.conflicting_primary()
+        if other_primary is not None:
+            errors["role"] = (
+                f"Cluster {self.cluster.name!r} already has an enabled primary, "
+                f"{other_primary.name!r}. Make that one a replica or disable it first "
+                "(or use switchover)."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    def validate_constraints(self, exclude: set[str] | None = None) -> None:
+        if self.primary_checked_by_formset:
+            # Excluding "role" skips only the one-primary constraint, which needs the
+            # other rows of the formset to be judged.
+            exclude = {*(exclude or ()), "role"}
+        super().validate_constraints(exclude=exclude)
+
+    def conflicting_primary(self) -> Endpoint | None:
+        """The other enabled primary of this cluster, if this one would be a second."""
+        if self.primary_checked_by_formset:
+            return None
+        if not (self.role == Role.PRIMARY and self.enabled and self.cluster_id):
+            return None
+        others = Endpoint.objects.filter(
+            cluster_id=self.cluster_id, role=Role.PRIMARY, enabled=True
+        ).exclude(pk=self.pk)
+        return others.first()
+
+
+class HealthCheck(models.Model):
+    endpoint = models.ForeignKey(
+        Endpoint,
+        on_delete=models.CASCADE,
+        related_name="health_checks",
+        verbose_name="endpoint",
+    )
+    checked_at = models.DateTimeField("checked at")
+    ok = models.BooleanField("ok")
+    latency_ms = models.FloatField("latency (ms)", null=True, blank=True)
+    in_recovery = models.BooleanField("in recovery", null=True, blank=True)
+    lag_bytes = models.BigIntegerField("lag (bytes)", null=True, blank=True)
+    lag_s = models.FloatField("lag (s)", null=True, blank=True)
+    connections_in_use = models.PositiveIntegerField("connections in use", null=True, blank=True)
+    max_connections = models.PositiveIntegerField("max connections", null=True, blank=True)
+    error = models.TextField("error", blank=True)
+    score = models.PositiveSmallIntegerField("score", null=True, blank=True)
+
+    class Meta:
+        ordering = ["-checked_at"]
+        get_latest_by = "checked_at"
+        indexes = [
+            models.Index(fields=["endpoint", "-checked_at"], name="healthcheck_endpoint_time"),
+            models.Index(fields=["checked_at"], name="healthcheck_time"),
+        ]
+
+    def __str__(self) -> str:
+        result = "ok" if self.ok else "failed"
+        return f"{self.endpoint} at {self.checked_at:%Y-%m-%d %H:%M:%S} ({result})"
+
+
+class FailoverEvent(models.Model):
+    class Kind(models.TextChoices):
+        AUTOMATIC = "automatic", "automatic"
+        MANUAL = "manual", "manual"
+        SWITCHOVER = "switchover", "switchover"
+
+    class Outcome(models.TextChoices):
+        IN_PROGRESS = "in_progress", "in progress"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        ABORTED = "aborted", "aborted"
+
+    cluster = models.ForeignKey(
+        Cluster,
+        on_delete=models.CASCADE,
+        related_name="failover_events",
+        verbose_name="cluster",
+    )
+    kind = models.CharField("kind", max_length=10, choices=Kind.choices)
+    # Endpoints may be deleted later; the names keep the audit trail readable.
+    old_primary = models.ForeignKey(
+        Endpoint,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="failovers_from",
+        verbose_name="old primary",
+    )
+    old_primary_name = models.CharField("old primary name", max_length=63, blank=True)
+    new_primary = models.ForeignKey(
+        Endpoint,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="failovers_to",
+        verbose_name="new primary",
+    )
+    new_primary_name = models.CharField("new primary name", max_length=63, blank=True)
+    reason = models.TextField("reason")
+    started_at = models.DateTimeField("started")
+    finished_at = models.DateTimeField("finished", null=True, blank=True)
+    outcome = models.CharField(
+        "outcome", max_length=11, choices=Outcome.choices, default=Outcome.IN_PROGRESS
+    )
+    steps = models.JSONField(
+        "steps",
+        default=list,
+        blank=True,
+        help_text="Step-by-step log: [{at, step, ok, detail}, ...].",
+    )
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["cluster", "-started_at"], name="failover_cluster_time")]
+
+    def __str__(self) -> str:
+        started = f"{self.started_at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.get_kind_display()} failover of {self.cluster} at {started}"

@@ -1,0 +1,122 @@
+"""One round trip to one endpoint, bounded by a timeout; writes nothing to Django.
+
+The probe is a coroutine so that the whole exchange (TCP connect, TLS,
+authentication, query) sits under one deadline: a host that accepts the
+connection and then hangs costs exactly the timeout, and a sweep can await
+many probes concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from endpoints.conninfo import ConnectionInfo
+from endpoints.crypto import DecryptionError, redact
+
+if TYPE_CHECKING:
+    from endpoints.models import Endpoint
+
+PROBE_SQL = "SELECT pg_is_in_recovery(), current_setting('server_version')"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    latency_ms: float | None = None  # the query's round trip, connection set-up excluded
+    connect_ms: float | None = None
+    in_recovery: bool | None = None
+    server_version: str | None = None
+    error: str = ""
+
+    def summary(self) -> str:
+        if not self.ok:
+            return self.error
+        role = "in recovery (replica)" if self.in_recovery else "not in recovery (primary)"
+        return (
+            f"PostgreSQL {self.server_version}, {role}, round trip {self.latency_ms:.1f} ms "
+            f"(connect {self.connect_ms:.1f} ms)"
+        )
+
+
+async def probe_async(info: ConnectionInfo, timeout_s: float) -> ProbeResult:
+    started = time.perf_counter()
+    conn: psycopg.AsyncConnection | None = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            conn = await psycopg.AsyncConnection.connect(**info.connect_kwargs(), autocommit=True)
+            connected = time.perf_counter()
+            cursor = await conn.execute(PROBE_SQL)
+            row = await cursor.fetchone()
+            done = time.perf_counter()
+    except TimeoutError:
+        return ProbeResult(
+            ok=False,
+            error=f"no answer from {info.host}:{info.port} within {timeout_s:g} s "
+            "(host down, hung, or a firewall dropping packets)",
+        )
+    except psycopg.Error as exc:
+        return ProbeResult(ok=False, error=_describe(exc, info))
+    except OSError as exc:
+        return ProbeResult(ok=False, error=redact(f"{info.host}:{info.port}: {exc}"))
+    finally:
+        if conn is not None:
+            await conn.close()
+    assert row is not None
+    return ProbeResult(
+        ok=True,
+        latency_ms=(done - connected) * 1000,
+        connect_ms=(connected - started) * 1000,
+        in_recovery=bool(row[0]),
+        server_version=str(row[1]),
+    )
+
+
+def probe(info: ConnectionInfo, timeout_s: float) -> ProbeResult:
+    """Synchronous wrapper for callers outside an event loop (admin actions, tasks)."""
+    return asyncio.run(probe_async(info, timeout_s))
+
+
+def _describe(exc: psycopg.Error, info: ConnectionInfo) -> str:
+    message = " ".join(str(exc).split())
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate:
+        message = f"{message} (SQLSTATE {sqlstate})"
+    return redact(message, info.password.reveal())
+
+
+def check_endpoints(endpoints: Iterable[Endpoint]) -> list[tuple[Endpoint, ProbeResult]]:
+    """Check endpoints with their own settings, all at once; the slowest bounds the total.
+
+    Each probe is bounded by its cluster's connect timeout.
+    """
+    endpoints = list(endpoints)
+    # Build every coroutine (which reads the registry) before entering the event loop:
+    # Django's ORM refuses to run inside one.
+    probes = [_probe_endpoint(endpoint) for endpoint in endpoints]
+
+    async def gather() -> list[ProbeResult]:
+        return list(await asyncio.gather(*probes))
+
+    return list(zip(endpoints, asyncio.run(gather()), strict=True))
+
+
+def check_endpoint(endpoint: Endpoint) -> ProbeResult:
+    return check_endpoints([endpoint])[0][1]
+
+
+def _probe_endpoint(endpoint: Endpoint) -> Coroutine[None, None, ProbeResult]:
+    try:
+        info = endpoint.connection_info()
+    except DecryptionError as exc:
+        return _failed(str(exc))
+    return probe_async(info, timeout_s=float(endpoint.cluster.connect_timeout_s))
+
+
+async def _failed(error: str) -> ProbeResult:
+    return ProbeResult(ok=False, error=error)

@@ -1,0 +1,280 @@
+"""Every environment variable pgwarden reads, in one place.
+
+Settings read configuration only through :func:`read`, so a missing or
+malformed value stops start-up with a message that names the variable and
+shows a valid example. The same table generates the documentation in
+``.env.example`` and lets tests check that ``docker-compose.yml`` sets no
+variable that nothing reads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import environ
+from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_MISSING = object()
+
+
+class InvalidValue(ValueError):
+    """A parser's complaint about a value; the caller adds the variable name."""
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    help: str
+    example: str
+    parse: Callable[[str], Any]
+    default: str | None = None  # None: required
+    # Never echoed in error messages: keys, passwords, and URLs that may embed a password.
+    secret: bool = False
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise InvalidValue("is not a boolean (use true or false)")
+
+
+def parse_list(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def parse_secret_key(raw: str) -> str:
+    if len(raw) < 32:
+        raise InvalidValue("is shorter than 32 characters")
+    return raw
+
+
+def parse_database_url(raw: str) -> dict[str, Any]:
+    scheme = urlsplit(raw).scheme
+    if scheme not in {"sqlite", "postgres", "postgresql", "pgsql"}:
+        raise InvalidValue(f"has scheme {scheme or '(none)'!r}; use sqlite:// or postgres://")
+    try:
+        config = environ.Env.db_url_config(raw)
+    except (ValueError, KeyError, ImproperlyConfigured) as exc:
+        raise InvalidValue(f"cannot be parsed: {exc}") from None
+    name = config.get("NAME")
+    if not name:
+        raise InvalidValue("names no database")
+    if config["ENGINE"].endswith("sqlite3") and name != ":memory:" and not Path(name).is_absolute():
+        # Relative SQLite paths are relative to the project, not to the current directory.
+        config["NAME"] = str(BASE_DIR / name)
+    return config
+
+
+def parse_redis_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise InvalidValue(f"has scheme {parts.scheme or '(none)'!r}; use redis:// or rediss://")
+    if parts.scheme != "unix":
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise InvalidValue("has an invalid port") from None
+        if not parts.hostname:
+            raise InvalidValue("names no host")
+    return raw
+
+
+def parse_encryption_keys(raw: str) -> list[str]:
+    keys = parse_list(raw)
+    if not keys:
+        raise InvalidValue("is empty")
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            # Never echo the key itself: it is a secret even when malformed.
+            raise InvalidValue(
+                f"key #{position} is not a valid Fernet key (32 url-safe base64-encoded bytes)"
+            ) from None
+    return keys
+
+
+def parse_positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidValue("is not an integer") from None
+    if value <= 0:
+        raise InvalidValue("is not a positive integer")
+    return value
+
+
+def parse_log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise InvalidValue("is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return level
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Blank means "not set" (None); anything else must parse."""
+
+    def parse_optional(raw: str) -> Any:
+        return None if not raw.strip() else parse(raw)
+
+    return parse_optional
+
+
+VARIABLES: dict[str, Variable] = {
+    v.name: v
+    for v in [
+        Variable(
+            "SECRET_KEY",
+            "Django's signing key (sessions, CSRF). Long and random; keep it private.",
+            "ZG9udC11c2UtdGhpcy1leGFtcGxlLWdlbmVyYXRlLXlvdXItb3duLWtleQ",
+            parse_secret_key,
+            secret=True,
+        ),
+        Variable(
+            "DEBUG",
+            "Django debug pages. Never true in production.",
+            "false",
+            parse_bool,
+            default="false",
+        ),
+        Variable(
+            "ALLOWED_HOSTS",
+            "Comma-separated host names the web server answers to.",
+            "127.0.0.1,localhost,pgwarden.example.com",
+            parse_list,
+            default="127.0.0.1,localhost",
+        ),
+        Variable(
+            "CSRF_TRUSTED_ORIGINS",
+            "Comma-separated origins allowed to POST to the admin when it sits behind a proxy.",
+            "https://pgwarden.example.com",
+            parse_list,
+            default="",
+        ),
+        Variable(
+            "DATABASE_URL",
+            "The control-plane database (pgwarden's own registry). SQLite is the first-run "
+            "default; use PostgreSQL in production.",
+            "postgres://pgwarden:secret@127.0.0.1:5432/pgwarden",
+            parse_database_url,
+            default="sqlite:///var/pgwarden.sqlite3",
+            secret=True,
+        ),
+        Variable(
+            "REDIS_URL",
+            "Redis used for topology change notices and locks; also the Celery broker unless "
+            "CELERY_BROKER_URL is set.",
+            "redis://127.0.0.1:6379/0",
+            parse_redis_url,
+            default="redis://127.0.0.1:6379/0",
+            secret=True,
+        ),
+        Variable(
+            "CELERY_BROKER_URL",
+            "Celery broker; defaults to REDIS_URL.",
+            "redis://127.0.0.1:6379/1",
+            optional(parse_redis_url),
+            default="",
+            secret=True,
+        ),
+        Variable(
+            "PGWARDEN_ENCRYPTION_KEYS",
+            "Comma-separated Fernet keys that encrypt endpoint passwords, newest first. Add a "
+            "new key in front, run `manage.py rotate_encryption_keys`, then drop the old one. "
+            'Generate one with: python -c "from cryptography.fernet import Fernet; '
+            'print(Fernet.generate_key().decode())"',
+            "8Jx3XJvO0cJmQ4sQeB1m9kqzC6V0m9l4o5y2PZb0Zx4=",
+            parse_encryption_keys,
+            secret=True,
+        ),
+        Variable(
+            "TIME_ZONE",
+            "Time zone for display in the admin; timestamps are stored in UTC.",
+            "UTC",
+            _text,
+            default="UTC",
+        ),
+        Variable(
+            "LOG_LEVEL",
+            "Level of pgwarden's own logs (written to stderr).",
+            "INFO",
+            parse_log_level,
+            default="INFO",
+        ),
+        Variable(
+            "PGWARDEN_ADMIN_USER",
+            "Admin user that `make run` (manage.py ensure_admin) creates.",
+            "admin",
+            _text,
+            default="admin",
+        ),
+        Variable(
+            "PGWARDEN_ADMIN_PASSWORD",
+            "Password for that admin user; when blank a random one is generated, stored in "
+            "var/admin-password and printed at start-up.",
+            "choose-a-long-password",
+            _text,
+            default="",
+            secret=True,
+        ),
+    ]
+}
+
+
+def read(name: str) -> Any:
+    """Parse variable ``name`` from the environment, or stop with a clear message."""
+    variable = VARIABLES[name]
+    raw = os.environ.get(name)
+    if raw is None:
+        if variable.default is None:
+            raise ImproperlyConfigured(
+                f"{name} is not set. {variable.help} Example: {name}={variable.example}"
+            )
+        raw = variable.default
+    try:
+        return variable.parse(raw)
+    except InvalidValue as exc:
+        shown = "the value" if variable.secret else f"{raw!r}"
+        raise ImproperlyConfigured(
+            f"{name} is malformed: {shown} {exc}. Example: {name}={variable.example}"
+        ) from None
+
+
+def load_dotenv(path: Path) -> None:
+    """Read ``path`` if it exists; variables already in the environment win."""
+    if path.is_file():
+        environ.Env.read_env(str(path), overwrite=False)
+
+
+def render_env_example() -> str:
+    """The text of ``.env.example``: every variable with its comment."""
+    lines = [
+        "# pgwarden configuration. Copy to .env (or export the variables) and adjust.",
+        "# `make run` writes a .env with fresh secrets on first run if there is none.",
+        "",
+    ]
+    for variable in VARIABLES.values():
+        lines.append(f"# {variable.help}")
+        if variable.default is None:
+            lines.append("# Required.")
+        value = variable.default or ""
+        if variable.default is None and not variable.secret:
+            value = variable.example
+        lines.append(f"{variable.name}={value}")
+        lines.append("")
+    return "\n".join(lines)

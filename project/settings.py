@@ -1,0 +1,142 @@
+"""Django settings for pgwarden.
+
+Every value comes from the environment (or an optional ``.env``) through
+:mod:`project.env`, which names the variable and shows an example when one is
+missing or malformed.
+"""
+
+from project import env
+
+BASE_DIR = env.BASE_DIR
+env.load_dotenv(BASE_DIR / ".env")
+
+SECRET_KEY = env.read("SECRET_KEY")
+DEBUG = env.read("DEBUG")
+ALLOWED_HOSTS = env.read("ALLOWED_HOSTS")
+CSRF_TRUSTED_ORIGINS = env.read("CSRF_TRUSTED_ORIGINS")
+
+PGWARDEN_ENCRYPTION_KEYS = env.read("PGWARDEN_ENCRYPTION_KEYS")
+PGWARDEN_ADMIN_USER = env.read("PGWARDEN_ADMIN_USER")
+PGWARDEN_ADMIN_PASSWORD = env.read("PGWARDEN_ADMIN_PASSWORD")
+PGWARDEN_VAR_DIR = BASE_DIR / "var"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "endpoints",
+    "mcpbridge",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "project.wsgi.application"
+ASGI_APPLICATION = "project.asgi.application"
+
+_database = env.read("DATABASE_URL")
+if _database["ENGINE"].endswith("sqlite3"):
+    # Web, worker and beat write at once: WAL lets readers proceed during a write, and
+    # IMMEDIATE transactions take the write lock up front instead of failing mid-way
+    # with "database is locked".
+    _database.setdefault("OPTIONS", {}).update(
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
+    )
+    # A file, not memory, so Celery workers started by tests share the test database.
+    _database["TEST"] = {"NAME": str(PGWARDEN_VAR_DIR / "test.sqlite3")}
+else:
+    _database.setdefault("CONN_MAX_AGE", 60)
+    _database.setdefault("CONN_HEALTH_CHECKS", True)
+DATABASES = {"default": _database}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.read("TIME_ZONE")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = PGWARDEN_VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# Serve the admin's assets from the app directories, so no collectstatic step is needed.
+WHITENOISE_USE_FINDERS = True
+
+REDIS_URL = env.read("REDIS_URL")
+CELERY_BROKER_URL = env.read("CELERY_BROKER_URL") or REDIS_URL
+CELERY_RESULT_BACKEND = CELERY_BROKER_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE_FILENAME = str(PGWARDEN_VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
+
+LOG_LEVEL = env.read("LOG_LEVEL")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact_secrets": {"()": "endpoints.crypto.RedactSecretsFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact_secrets"],
+        },
+    },
+    "root": {"handlers": ["stderr"], "level": "WARNING"},
+    "loggers": {
+        "pgwarden": {"handlers": ["stderr"], "level": LOG_LEVEL, "propagate": False},
+        "django": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+    },
+}
+
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True

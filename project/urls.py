@@ -1,0 +1,14 @@
+"""URL configuration: the admin is the operator's interface."""
+
+from django.contrib import admin
+from django.urls import path
+from django.views.generic import RedirectView
+
+admin.site.site_header = "pgwarden"
+admin.site.site_title = "pgwarden"
+admin.site.index_title = "PostgreSQL fleet"
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("admin/", admin.site.urls),
+]
