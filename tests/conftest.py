@@ -1,0 +1,130 @@
+"""Shared fixtures: a real PostgreSQL primary with two streaming replicas and a real Redis.
+
+Both are started once per test session on free loopback ports, with the same
+code ``make run`` uses (endpoints.localcluster), and torn down at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from endpoints.localcluster import LocalPostgresCluster, LocalRedis, local_redis_for_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _scratch_dir(prefix: str) -> Path:
+    # Under /tmp rather than pytest's tmp_path: the postgres OS user must traverse it.
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[LocalPostgresCluster]:
+    """A primary and two streaming replicas, shared by the whole session."""
+    base = _scratch_dir("pgwarden-test-cluster-")
+    cluster = LocalPostgresCluster(base / "cluster", replicas=2)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[LocalRedis]:
+    """A redis-server on the loopback port that the test settings' REDIS_URL names."""
+    from django.conf import settings
+
+    base = _scratch_dir("pgwarden-test-redis-")
+    redis = local_redis_for_url(settings.REDIS_URL, base)
+    assert redis is not None, f"test REDIS_URL {settings.REDIS_URL} is not on loopback"
+    try:
+        redis.start()
+        yield redis
+    finally:
+        redis.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def local_cluster(db, pg_cluster):  # type: ignore[no-untyped-def]
+    """Cluster ``local`` registered in the test database, as ``make run`` registers it."""
+    from endpoints.localstack import register_local_cluster
+
+    return register_local_cluster(pg_cluster).cluster
+
+
+@pytest.fixture
+def admin_client(db, client):  # type: ignore[no-untyped-def]
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_superuser("root", "root@example.com", "pw-for-tests")
+    client.force_login(user)
+    return client
+
+
+class SilentListener:
+    """A TCP port that accepts connections and never answers: a hung server."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self._accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self._accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self._accepted:
+            conn.close()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    listener = SilentListener()
+    yield listener.port
+    listener.close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port with nothing listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_manage(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``manage.py`` the way an operator does, in a child process."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        cwd=ROOT,
+        env=env if env is not None else dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
