@@ -1,0 +1,220 @@
+"""Registering clusters from code (make run, docker-compose, scripts): idempotent.
+
+Everything is validated before anything is written, so one bad endpoint leaves
+the registry as it was. Registering again refreshes what the caller states and
+nothing else: role, weight and enabled belong to operators and failovers once
+an endpoint exists, and a setting the caller leaves out (``None``) keeps its
+stored value, so a script that omits ``sslmode`` cannot downgrade a
+verify-full endpoint, nor one that omits the password erase it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.db import transaction
+
+from endpoints.crypto import DecryptionError, Secret
+from endpoints.models import Cluster, Endpoint, Role
+
+logger = logging.getLogger("pgwarden.registry")
+
+# Always stated by a spec: where the server is.
+ADDRESS_FIELDS = ("host", "port")
+# Stated or not (None): new endpoints get the model default, existing ones keep theirs.
+OPTIONAL_FIELDS = ("dbname", "user", "sslmode", "sslrootcert", "zone")
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    name: str
+    host: str
+    port: int
+    # Only a new endpoint takes it: afterwards roles change by failover, switchover or the admin.
+    role: str = Role.REPLICA
+    dbname: str | None = None
+    user: str | None = None
+    # Secret("") states "no password"; None leaves the stored one alone.
+    password: Secret | None = None
+    sslmode: str | None = None
+    sslrootcert: str | None = None
+    zone: str | None = None
+
+
+@dataclass
+class Registration:
+    cluster: Cluster
+    cluster_created: bool = False
+    cluster_changes: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    # Endpoint name -> names of the fields that changed (never their values).
+    changes: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.cluster_created or self.cluster_changes or self.created or self.updated)
+
+    def summary(self) -> str:
+        if self.cluster_created:
+            state = "created"
+        elif self.cluster_changes:
+            state = f"updated ({', '.join(self.cluster_changes)})"
+        else:
+            state = "unchanged"
+        lines = [f"cluster {self.cluster.name!r} {state}"]
+        if self.created:
+            lines.append(f"  created: {', '.join(self.created)}")
+        if self.updated:
+            shown = [f"{name} ({', '.join(self.changes[name])})" for name in self.updated]
+            lines.append(f"  updated: {', '.join(shown)}")
+        if self.unchanged:
+            lines.append(f"  unchanged: {', '.join(self.unchanged)}")
+        lines.extend(f"  note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+@transaction.atomic
+def register_cluster(
+    name: str, endpoints: Sequence[EndpointSpec], *, description: str | None = None
+) -> Registration:
+    """Create or update cluster ``name`` and its endpoints; never duplicates.
+
+    Endpoints not named are left alone. Raises ``ValidationError`` whose keys name
+    the cluster or endpoint and the field (``"endpoint 'pg2' port"``) when anything
+    is invalid; nothing is written then.
+    """
+    specs = list(endpoints)
+    errors: dict[str, list[str]] = {}
+    _check_specs(specs, errors)
+
+    # Locked (on PostgreSQL) so a failover or a second registration running meanwhile waits
+    # for this one instead of interleaving with it.
+    cluster = Cluster.objects.select_for_update().filter(name=name).first()
+    existing: dict[str, Endpoint] = {}
+    if cluster is None:
+        cluster = Cluster(name=name, description=description or "")
+        registration = Registration(cluster, cluster_created=True)
+    else:
+        registration = Registration(cluster)
+        if description is not None and description != cluster.description:
+            cluster.description = description
+            registration.cluster_changes.append("description")
+        existing = {
+            endpoint.name: endpoint
+            for endpoint in Endpoint.objects.select_for_update().filter(cluster=cluster)
+        }
+    if registration.cluster_created or registration.cluster_changes:
+        _collect(errors, f"cluster {name!r}", cluster.full_clean)
+
+    to_save: list[tuple[Endpoint, list[str]]] = []
+    for spec in specs:
+        endpoint = existing.get(spec.name)
+        if endpoint is None:
+            endpoint = Endpoint(cluster=cluster, name=spec.name, role=spec.role)
+            changes = _apply(endpoint, spec)
+            registration.created.append(spec.name)
+        else:
+            changes = _apply(endpoint, spec)
+            if not changes:
+                registration.unchanged.append(spec.name)
+            else:
+                registration.updated.append(spec.name)
+                registration.changes[spec.name] = changes
+            if endpoint.role != spec.role:
+                registration.notes.append(
+                    f"{spec.name} stays {endpoint.role} (registered as {spec.role}): roles of "
+                    "existing endpoints change only by failover, switchover or the admin"
+                )
+            if not changes:
+                continue
+        # A new cluster has no primary key yet: its endpoints' foreign key, and the
+        # constraints on it, cannot be checked until it is saved (_check_specs covers them).
+        # A bad role was reported by _check_specs already, in words more useful than "not a
+        # valid choice".
+        exclude = ["cluster"] if registration.cluster_created else []
+        if spec.role not in Role.values:
+            exclude.append("role")
+        _collect(errors, f"endpoint {spec.name!r}", partial(endpoint.full_clean, exclude=exclude))
+        to_save.append((endpoint, changes))
+
+    if errors:
+        raise ValidationError(errors)
+
+    if registration.cluster_created:
+        cluster.save()
+    elif registration.cluster_changes:
+        cluster.save(update_fields=[*registration.cluster_changes, "updated_at"])
+    for endpoint, changes in to_save:
+        if endpoint.pk is None:
+            endpoint.cluster = cluster  # now saved: sets cluster_id
+            endpoint.save()
+        else:
+            # Only the stated fields: a full save would write back the health status and
+            # role read above, undoing whatever a health check or failover wrote since.
+            columns = ["password_encrypted" if name == "password" else name for name in changes]
+            endpoint.save(update_fields=[*columns, "updated_at"])
+    logger.info("registered %s", registration.summary().replace("\n", ";"))
+    return registration
+
+
+def _check_specs(specs: Sequence[EndpointSpec], errors: dict[str, list[str]]) -> None:
+    """What the models cannot check one row at a time: the set of endpoints given."""
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            errors.setdefault(f"endpoint {spec.name!r}", []).append(
+                "The name is given twice; endpoint names are unique within a cluster."
+            )
+        seen.add(spec.name)
+        if spec.role not in Role.values:
+            errors.setdefault(f"endpoint {spec.name!r} role", []).append(
+                f"{spec.role!r} is not a role; use one of {', '.join(Role.values)}."
+            )
+    primaries = [spec.name for spec in specs if spec.role == Role.PRIMARY]
+    if len(primaries) > 1:
+        errors.setdefault("endpoints", []).append(
+            f"{len(primaries)} endpoints are given as primary ({', '.join(primaries)}); "
+            "a cluster has at most one."
+        )
+
+
+def _apply(endpoint: Endpoint, spec: EndpointSpec) -> list[str]:
+    """Copy what ``spec`` states onto ``endpoint``; the names of the fields that changed."""
+    new = endpoint.pk is None
+    changes: list[str] = []
+    for attr in ADDRESS_FIELDS + OPTIONAL_FIELDS:
+        value = getattr(spec, attr)
+        if value is not None and getattr(endpoint, attr) != value:
+            setattr(endpoint, attr, value)
+            changes.append(attr)
+    if spec.password is not None and _stored_password(endpoint) != spec.password:
+        endpoint.set_password(spec.password.reveal())
+        changes.append("password")
+    return ["new"] if new else changes
+
+
+def _stored_password(endpoint: Endpoint) -> Secret | None:
+    try:
+        return endpoint.get_password()
+    except DecryptionError:
+        return None  # encrypted with a key since removed: registering repairs it
+
+
+def _collect(errors: dict[str, list[str]], subject: str, check: Callable[[], None]) -> None:
+    """Run ``check``; file its ValidationError under ``subject`` and the field names."""
+    try:
+        check()
+    except ValidationError as exc:
+        if not hasattr(exc, "error_dict"):
+            errors.setdefault(subject, []).extend(exc.messages)
+            return
+        for field_name, messages in exc.message_dict.items():
+            key = subject if field_name == NON_FIELD_ERRORS else f"{subject} {field_name}"
+            errors.setdefault(key, []).extend(messages)
