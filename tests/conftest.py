@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,14 +32,14 @@ def _scratch_dir(prefix: str) -> Path:
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[LocalPostgresCluster]:
     """A primary and two streaming replicas, shared by the whole session."""
-    base = _scratch_dir("pgwarden-test-cluster-")
-    cluster = LocalPostgresCluster(base / "cluster", replicas=2)
+    # The mkdtemp dir itself is the base dir: the cluster hands it to the postgres OS user,
+    # while a directory inside it would sit behind mkdtemp's mode 0700.
+    cluster = LocalPostgresCluster(_scratch_dir("pgwarden-test-cluster-"), replicas=2)
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -128,3 +129,47 @@ def run_manage(
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker, redis_server):  # type: ignore[no-untyped-def]
+    """A real ``celery --app=project worker`` on the test broker and the test database.
+
+    Tests that use it must be ``django_db(transaction=True)``: the worker is another
+    process and sees only committed rows.
+    """
+    from project.celery import app
+
+    log_path = ROOT / "var" / f"test-celery-worker-{os.getpid()}.log"
+    with log_path.open("w") as log:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "--app=project",
+                "worker",
+                "--pool=solo",
+                "--loglevel=INFO",
+                "--without-mingle",
+                "--without-gossip",
+                f"--hostname=pgwarden-test-{os.getpid()}@%h",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not app.control.ping(timeout=0.5):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the Celery worker did not come up:\n{log_path.read_text()[-3000:]}")
+        yield app
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log_path.unlink(missing_ok=True)

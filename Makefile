@@ -1,0 +1,68 @@
+# pgwarden: `make run` starts the whole local stack, `make test` runs every check.
+# Both install what is missing first: a virtualenv with requirements.txt, and the
+# PostgreSQL and Redis server packages (apt-get, as root or through sudo).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
+
+.PHONY: help run test lint format setup system-packages destroy
+
+help:
+	@echo "make run      install what is missing, start PostgreSQL (primary + 2 replicas), Redis,"
+	@echo "              web, worker and beat on http://$(HOST):$(PORT)/admin/ until Ctrl-C"
+	@echo "make test     install what is missing, then ruff and the whole test suite"
+	@echo "make lint     ruff check and format check only"
+	@echo "make format   ruff format and fix"
+	@echo "make destroy  delete the local cluster's data (var/local-cluster)"
+
+run: setup
+	$(BIN)/python manage.py run_local --host $(HOST) --port $(PORT)
+
+test: setup lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+setup: $(VENV)/.installed system-packages .env
+
+# Reinstalled whenever requirements.txt changes.
+$(VENV)/.installed: requirements.txt
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+system-packages:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+		|| missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] \
+		|| missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq; \
+		$(APT_INSTALL) $$missing; \
+	fi
+
+# Fresh secrets on first run; an existing .env is kept (its keys decrypt stored passwords).
+.env: | $(VENV)/.installed
+	$(BIN)/python -m project.envfile .env
+
+destroy: $(VENV)/.installed
+	$(BIN)/python manage.py local_cluster destroy --yes

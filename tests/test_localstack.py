@@ -1,0 +1,138 @@
+"""endpoints.localstack: registering the local cluster and supervising real child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from endpoints.localcluster import _process_alive
+from endpoints.localstack import StackError, Supervisor, register_local_cluster
+from endpoints.models import Role
+
+PYTHON = sys.executable
+
+
+def _python(code: str) -> list[str]:
+    return [PYTHON, "-c", code]
+
+
+def _wait_for_file(path: Path, timeout_s: float = 10) -> str:
+    deadline = time.monotonic() + timeout_s
+    while not (path.exists() and path.read_text().strip()):
+        assert time.monotonic() < deadline, f"{path} never written"
+        time.sleep(0.05)
+    return path.read_text().strip()
+
+
+@pytest.mark.django_db
+def test_register_local_cluster_registers_its_nodes_once(pg_cluster) -> None:
+    first = register_local_cluster(pg_cluster)
+    second = register_local_cluster(pg_cluster)
+
+    cluster = first.cluster
+    endpoints = {endpoint.name: endpoint for endpoint in cluster.endpoints.all()}
+    assert cluster.name == "local"
+    assert first.created == ["primary", "replica1", "replica2"]
+    assert second.unchanged == ["primary", "replica1", "replica2"]
+    assert len(endpoints) == 3
+    assert endpoints["primary"].role == Role.PRIMARY
+    assert {endpoints["replica1"].role, endpoints["replica2"].role} == {Role.REPLICA}
+    for node in pg_cluster.nodes:
+        assert (endpoints[node.name].host, endpoints[node.name].port) == (node.host, node.port)
+        assert endpoints[node.name].get_password().reveal() == pg_cluster.password
+        assert pg_cluster.password not in endpoints[node.name].password_encrypted
+
+
+def test_shutdown_stops_children_then_runs_cleanups_in_reverse(tmp_path: Path) -> None:
+    supervisor = Supervisor()
+    order: list[str] = []
+    supervisor.on_exit("first", lambda: order.append("first"))
+    supervisor.on_exit("second", lambda: order.append("second"))
+    supervisor.spawn("sleeper", _python("import time; time.sleep(60)"))
+    sleeper = supervisor.children[0].process
+    assert sleeper is not None
+
+    supervisor.shutdown()
+
+    assert sleeper.returncode == -signal.SIGTERM
+    assert order == ["second", "first"]
+
+
+def test_a_failing_cleanup_does_not_stop_the_others() -> None:
+    supervisor = Supervisor()
+    ran: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("cannot stop")
+
+    supervisor.on_exit("kept", lambda: ran.append("kept"))
+    supervisor.on_exit("broken", broken)
+
+    supervisor.shutdown()
+
+    assert ran == ["kept"]
+
+
+def test_a_child_ignoring_sigterm_is_killed_with_its_grandchildren(tmp_path: Path) -> None:
+    grandchild_pid = tmp_path / "grandchild.pid"
+    # The child starts a grandchild that ignores SIGTERM, then ignores SIGTERM itself.
+    code = (
+        "import signal, subprocess, sys, time;"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        "g = subprocess.Popen([sys.executable, '-c', 'import signal, time;"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)']);"
+        f"open({str(grandchild_pid)!r}, 'w').write(str(g.pid));"
+        "time.sleep(120)"
+    )
+    supervisor = Supervisor(stop_grace_s=0.5)
+    supervisor.spawn("stubborn", _python(code))
+    pid = int(_wait_for_file(grandchild_pid))
+    started = time.monotonic()
+
+    supervisor.shutdown()
+
+    assert time.monotonic() - started < 5
+    process = supervisor.children[0].process
+    assert process is not None
+    assert process.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 5
+    while _process_alive(pid):
+        assert time.monotonic() < deadline, "the grandchild survived its group's SIGKILL"
+        time.sleep(0.05)
+
+
+def test_wait_returns_the_name_of_a_child_that_exits() -> None:
+    supervisor = Supervisor()
+    supervisor.spawn("steady", _python("import time; time.sleep(60)"))
+    supervisor.spawn("crasher", _python("raise SystemExit(3)"))
+    try:
+        assert supervisor.wait() == "crasher"
+    finally:
+        supervisor.shutdown()
+
+
+def test_wait_returns_none_on_sigterm_and_restores_the_handler() -> None:
+    supervisor = Supervisor()
+    supervisor.spawn("steady", _python("import time; time.sleep(60)"))
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        assert supervisor.wait() is None
+    finally:
+        timer.cancel()
+        supervisor.shutdown()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_missing_program_is_a_clear_error() -> None:
+    supervisor = Supervisor()
+
+    with pytest.raises(StackError, match=r"cannot start web \(/nonexistent/gunicorn\)"):
+        supervisor.spawn("web", ["/nonexistent/gunicorn"])
