@@ -98,19 +98,23 @@ class EndpointInlineFormSet(BaseInlineFormSet):
                 "replica or disable them."
             )
 
+    # While True, initial_forms lists the forms that take the primary role last.
+    _primary_last = False
+
+    @property
+    def initial_forms(self) -> list[forms.Form]:
+        initial = super().initial_forms
+        return sorted(initial, key=self._takes_primary) if self._primary_last else initial
+
     def save_existing_objects(self, commit: bool = True) -> list[Endpoint]:
         # Release the primary slot before taking it, so the database constraint holds
-        # after every single row is written.
-        initial_count = self.initial_form_count()
-        original = self.forms
-        self.forms = [
-            *sorted(original[:initial_count], key=self._takes_primary),
-            *original[initial_count:],
-        ]
+        # after every single row is written. Only the iteration order changes: self.forms
+        # keeps its order, because deleted_forms (which rows to delete) indexes into it.
+        self._primary_last = True
         try:
             return super().save_existing_objects(commit)
         finally:
-            self.forms = original
+            self._primary_last = False
 
     def _takes_primary(self, form: forms.Form) -> bool:
         data = getattr(form, "cleaned_data", None) or {}

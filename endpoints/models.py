@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import BaseValidator, MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils.deconstruct import deconstructible
 
 from endpoints import crypto
 from endpoints.conninfo import ConnectionInfo
@@ -67,8 +68,27 @@ def _positive(name: str) -> list[MinValueValidator]:
     return [MinValueValidator(1, message=f"{name} must be greater than 0.")]
 
 
-def _positive_float(name: str) -> list[MinValueValidator]:
-    return [MinValueValidator(0.001, message=f"{name} must be greater than 0.")]
+@deconstructible
+class GreaterThanValidator(BaseValidator):
+    """``value > limit``: MinValueValidator is inclusive, and a 0 s timeout is no timeout."""
+
+    message = "Ensure this value is greater than %(limit_value)s."
+    code = "min_value"
+
+    def compare(self, a: Any, b: Any) -> bool:
+        return bool(a <= b)
+
+
+def _positive_float(name: str) -> list[GreaterThanValidator]:
+    return [GreaterThanValidator(0, message=f"{name} must be greater than 0.")]
+
+
+def _all_positive(prefix: str, *fields: str) -> list[models.CheckConstraint]:
+    """Database checks behind the validators, for writes that bypass forms."""
+    return [
+        models.CheckConstraint(condition=Q(**{f"{field}__gt": 0}), name=f"{prefix}_{field}_gt_0")
+        for field in fields
+    ]
 
 
 class Cluster(models.Model):
@@ -197,6 +217,15 @@ class Cluster(models.Model):
                 condition=Q(retry_max_delay_ms__gte=models.F("retry_initial_delay_ms")),
                 name="cluster_retry_max_delay_gte_initial",
                 violation_error_message="The max delay must be at least the initial delay.",
+            ),
+            *_all_positive(
+                "cluster",
+                "connect_timeout_s",
+                "statement_timeout_ms",
+                "check_interval_s",
+                "probe_timeout_s",
+                "failure_threshold",
+                "retry_max_attempts",
             ),
         ]
 
@@ -370,6 +399,13 @@ class Endpoint(models.Model):
                 condition=Q(pool_min_size__lte=models.F("pool_max_size")),
                 name="endpoint_pool_min_lte_max",
                 violation_error_message="Pool min size cannot exceed pool max size.",
+            ),
+            *_all_positive(
+                "endpoint",
+                "pool_max_size",
+                "pool_timeout_s",
+                "pool_max_idle_s",
+                "pool_max_lifetime_s",
             ),
         ]
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psycopg
+from psycopg.conninfo import timeout_from_conninfo
 
 from endpoints.conninfo import ConnectionInfo
 from endpoints.crypto import DecryptionError, redact
@@ -55,11 +56,12 @@ async def probe_async(info: ConnectionInfo, timeout_s: float) -> ProbeResult:
             row = await cursor.fetchone()
             done = time.perf_counter()
     except TimeoutError:
-        return ProbeResult(
-            ok=False,
-            error=f"no answer from {info.host}:{info.port} within {timeout_s:g} s "
-            "(host down, hung, or a firewall dropping packets)",
-        )
+        return _no_answer(info, timeout_s)
+    except psycopg.errors.ConnectionTimeout:
+        # libpq's connect_timeout, shorter than the deadline, ran out first (psycopg
+        # enforces it as libpq does, 2 s at least); its own message names no host.
+        used = timeout_from_conninfo({"connect_timeout": info.connect_timeout_s})
+        return _no_answer(info, used)
     except psycopg.Error as exc:
         return ProbeResult(ok=False, error=_describe(exc, info))
     except OSError as exc:
@@ -74,6 +76,14 @@ async def probe_async(info: ConnectionInfo, timeout_s: float) -> ProbeResult:
         connect_ms=(connected - started) * 1000,
         in_recovery=bool(row[0]),
         server_version=str(row[1]),
+    )
+
+
+def _no_answer(info: ConnectionInfo, timeout_s: float) -> ProbeResult:
+    return ProbeResult(
+        ok=False,
+        error=f"no answer from {info.host}:{info.port} within {timeout_s:g} s "
+        "(host down, hung, or a firewall dropping packets)",
     )
 
 

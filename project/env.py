@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import environ
 from cryptography.fernet import Fernet
@@ -59,14 +60,32 @@ def parse_secret_key(raw: str) -> str:
     return raw
 
 
+def _split_url(raw: str) -> SplitResult:
+    """``urlsplit`` with its port checked; errors never quote the URL, which may hold a password.
+
+    (urllib's own messages do: an unencoded ``/`` or ``?`` in a password ends the host part
+    early, and "Port could not be cast to integer value as '<password>'" follows.)
+    """
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise InvalidValue(
+            "is not a valid URL: check the host and port, and percent-encode special "
+            "characters (/ ? # @ [ ] :) in the user name and password"
+        ) from None
+    return parts
+
+
 def parse_database_url(raw: str) -> dict[str, Any]:
-    scheme = urlsplit(raw).scheme
+    scheme = _split_url(raw).scheme
     if scheme not in {"sqlite", "postgres", "postgresql", "pgsql"}:
         raise InvalidValue(f"has scheme {scheme or '(none)'!r}; use sqlite:// or postgres://")
     try:
         config = environ.Env.db_url_config(raw)
-    except (ValueError, KeyError, ImproperlyConfigured) as exc:
-        raise InvalidValue(f"cannot be parsed: {exc}") from None
+    except (ValueError, KeyError, ImproperlyConfigured):
+        # The parser's message may quote parts of the URL, password included.
+        raise InvalidValue("cannot be parsed as a database URL") from None
     name = config.get("NAME")
     if not name:
         raise InvalidValue("names no database")
@@ -77,16 +96,11 @@ def parse_database_url(raw: str) -> dict[str, Any]:
 
 
 def parse_redis_url(raw: str) -> str:
-    parts = urlsplit(raw)
+    parts = _split_url(raw)
     if parts.scheme not in {"redis", "rediss", "unix"}:
         raise InvalidValue(f"has scheme {parts.scheme or '(none)'!r}; use redis:// or rediss://")
-    if parts.scheme != "unix":
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a malformed port
-        except ValueError:
-            raise InvalidValue("has an invalid port") from None
-        if not parts.hostname:
-            raise InvalidValue("names no host")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise InvalidValue("names no host")
     return raw
 
 
@@ -122,6 +136,25 @@ def parse_log_level(raw: str) -> str:
     return level
 
 
+def parse_time_zone(raw: str) -> str:
+    # Django itself would stop with a bare ValueError that names no variable.
+    name = raw.strip()
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidValue("is not a known time zone (an IANA name such as Europe/Paris)") from None
+    return name
+
+
+def parse_env_file(raw: str) -> Path | None:
+    """Blank: no file. A relative path is relative to the project directory."""
+    value = raw.strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else BASE_DIR / path
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -138,6 +171,15 @@ def optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 VARIABLES: dict[str, Variable] = {
     v.name: v
     for v in [
+        Variable(
+            "PGWARDEN_ENV_FILE",
+            "The dotenv file read at start-up, if it exists; variables already in the "
+            "environment win over it. Relative to the project directory; blank reads no file. "
+            "Only the process environment sets this one: in the file itself it has no effect.",
+            "/etc/pgwarden/pgwarden.env",
+            parse_env_file,
+            default=".env",
+        ),
         Variable(
             "SECRET_KEY",
             "Django's signing key (sessions, CSRF). Long and random; keep it private.",
@@ -206,7 +248,7 @@ VARIABLES: dict[str, Variable] = {
             "TIME_ZONE",
             "Time zone for display in the admin; timestamps are stored in UTC.",
             "UTC",
-            _text,
+            parse_time_zone,
             default="UTC",
         ),
         Variable(
@@ -255,17 +297,49 @@ def read(name: str) -> Any:
         ) from None
 
 
-def load_dotenv(path: Path) -> None:
+def load_dotenv(path: Path | None) -> None:
     """Read ``path`` if it exists; variables already in the environment win."""
-    if path.is_file():
+    if path is not None and path.is_file():
         environ.Env.read_env(str(path), overwrite=False)
 
 
 def render_env_example() -> str:
-    """The text of ``.env.example``: every variable with its comment."""
+    """The text of ``.env.example``: every variable with its comment.
+
+    A second section lists the variables only ``docker-compose.yml`` interpolates
+    (pgwarden never reads them), so one file documents both; tests check that the
+    compose file uses no other. Regenerate the file with ``python -c "from project.env
+    import render_env_example as r; print(r(), end='')" > .env.example`` (one line).
+    """
+    # (name, comment lines, default); a default of None marks it required.
+    compose_only: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
+        (
+            "MANAGED_PG_PASSWORD",
+            (
+                "Superuser password of the demo cluster compose runs (pg-primary, pg-replica1,",
+                "pg-replica2); its containers and `register_cluster` get it as a secret file,",
+                "never in their environment. Read when their volumes are first created.",
+            ),
+            None,
+        ),
+        (
+            "CONTROL_DB_PASSWORD",
+            (
+                "Password of pgwarden's own database (service db). Letters and digits only:",
+                "compose embeds it in DATABASE_URL. Read when the db volume is first created.",
+            ),
+            None,
+        ),
+        (
+            "PGWARDEN_WEB_PORT",
+            ("Port on 127.0.0.1 where the admin is published: http://127.0.0.1:8000/admin/",),
+            "8000",
+        ),
+    )
     lines = [
         "# pgwarden configuration. Copy to .env (or export the variables) and adjust.",
         "# `make run` writes a .env with fresh secrets on first run if there is none.",
+        "# Generated by project/env.py (render_env_example): edit that, not this file.",
         "",
     ]
     for variable in VARIABLES.values():
@@ -276,5 +350,24 @@ def render_env_example() -> str:
         if variable.default is None and not variable.secret:
             value = variable.example
         lines.append(f"{variable.name}={value}")
+        lines.append("")
+    lines += [
+        "# " + "-" * 86,
+        "# docker compose only: docker-compose.yml fills these in (from this file once copied",
+        "# to .env, or from the shell); pgwarden itself never reads them. `docker compose up`",
+        "# stops with a message naming any required variable that is missing. Compose also",
+        "# requires SECRET_KEY, PGWARDEN_ENCRYPTION_KEYS and PGWARDEN_ADMIN_PASSWORD above;",
+        "# without Python at hand, generate them with",
+        "#   SECRET_KEY:                openssl rand -hex 32",
+        "#   PGWARDEN_ENCRYPTION_KEYS:  openssl rand -base64 32 | tr '+/' '-_'",
+        "#   the passwords:             openssl rand -hex 24",
+        "# " + "-" * 86,
+        "",
+    ]
+    for name, comment, default in compose_only:
+        lines.extend(f"# {line}" for line in comment)
+        if default is None:
+            lines.append("# Required.")
+        lines.append(f"{name}={default or ''}")
         lines.append("")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Django settings for pgwarden.
 
-Every value comes from the environment (or an optional ``.env``) through
+Every value comes from the environment (or an optional ``.env``, or the file
+``PGWARDEN_ENV_FILE`` names) through
 :mod:`project.env`, which names the variable and shows an example when one is
 missing or malformed.
 """
@@ -8,7 +9,8 @@ missing or malformed.
 from project import env
 
 BASE_DIR = env.BASE_DIR
-env.load_dotenv(BASE_DIR / ".env")
+# The project's .env unless PGWARDEN_ENV_FILE names another file (or, blank, none).
+env.load_dotenv(env.read("PGWARDEN_ENV_FILE"))
 
 SECRET_KEY = env.read("SECRET_KEY")
 DEBUG = env.read("DEBUG")

@@ -7,6 +7,8 @@ from django.views.generic import RedirectView
 admin.site.site_header = "pgwarden"
 admin.site.site_title = "pgwarden"
 admin.site.index_title = "PostgreSQL fleet"
+# The same dash as the custom columns (latency, lag) show for "no value".
+admin.site.empty_value_display = "—"
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),

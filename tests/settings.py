@@ -26,9 +26,12 @@ def _free_port() -> int:
 
 if _OWNER not in os.environ:
     test_values = {
+        "PGWARDEN_ENV_FILE": "",
         "SECRET_KEY": "test-secret-key-that-is-long-enough-for-django-checks",
         "PGWARDEN_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-        "DATABASE_URL": f"sqlite:///{BASE_DIR / 'var' / 'test-control.sqlite3'}",
+        # The test database itself, one per run (pid): children open the file the test
+        # process created, and concurrent runs never share one.
+        "DATABASE_URL": f"sqlite:///{BASE_DIR / 'var' / f'test-{os.getpid()}.sqlite3'}",
         "DEBUG": "false",
         "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
         "LOG_LEVEL": "DEBUG",
@@ -41,3 +44,8 @@ if _OWNER not in os.environ:
     os.environ[_OWNER] = str(os.getpid())
 
 from project.settings import *  # noqa: E402, F403
+
+DATABASES["default"]["TEST"] = {"NAME": DATABASES["default"]["NAME"]}  # noqa: F405
+
+# The admin tests log a superuser in per test; a slow, secure hash buys nothing here.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

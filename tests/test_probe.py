@@ -1,0 +1,168 @@
+"""endpoints.probe against real servers: the local primary and replicas, dead and hung ports."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from endpoints.conninfo import ConnectionInfo
+from endpoints.crypto import Secret
+from endpoints.localcluster import LocalPostgresCluster
+from endpoints.models import Cluster, Endpoint, Role
+from endpoints.probe import ProbeResult, check_endpoint, check_endpoints, probe
+
+# Scheduling slack on a loaded machine; far below the next whole second of a missed deadline.
+MARGIN_S = 0.75
+
+
+def _info(
+    pg_cluster: LocalPostgresCluster, node: str = "primary", **overrides: object
+) -> ConnectionInfo:
+    target = pg_cluster.node(node)
+    values: dict[str, object] = {
+        "host": target.host,
+        "port": target.port,
+        "dbname": pg_cluster.dbname,
+        "user": pg_cluster.user,
+        "password": Secret(pg_cluster.password),
+        "sslmode": "disable",
+        "connect_timeout_s": 5,
+    }
+    values.update(overrides)
+    return ConnectionInfo(**values)  # type: ignore[arg-type]
+
+
+def _silent_cluster(name: str, ports: list[int], timeout_s: int = 1) -> list[Endpoint]:
+    cluster = Cluster.objects.create(name=name, connect_timeout_s=timeout_s)
+    return [
+        Endpoint.objects.create(
+            cluster=cluster, name=f"hung{index}", host="127.0.0.1", port=port, sslmode="disable"
+        )
+        for index, port in enumerate(ports)
+    ]
+
+
+def test_probe_of_the_primary_reports_it_is_not_in_recovery(
+    pg_cluster: LocalPostgresCluster,
+) -> None:
+    result = probe(_info(pg_cluster), timeout_s=5)
+
+    assert result.ok, result.error
+    assert result.in_recovery is False
+    assert result.server_version is not None
+    assert result.server_version.startswith("15")
+    assert result.error == ""
+    assert result.latency_ms is not None
+    assert result.latency_ms > 0
+    assert result.connect_ms is not None
+    assert result.connect_ms > 0
+    assert "not in recovery (primary)" in result.summary()
+
+
+def test_probe_of_a_replica_reports_it_is_in_recovery(pg_cluster: LocalPostgresCluster) -> None:
+    result = probe(_info(pg_cluster, "replica1"), timeout_s=5)
+
+    assert result.ok, result.error
+    assert result.in_recovery is True
+    assert "in recovery (replica)" in result.summary()
+
+
+def test_probe_of_a_closed_port_fails_naming_the_port(closed_port: int) -> None:
+    info = ConnectionInfo(host="127.0.0.1", port=closed_port, dbname="app", user="app")
+
+    result = probe(info, timeout_s=5)
+
+    assert result.ok is False
+    assert str(closed_port) in result.error
+    assert "refused" in result.error.lower()
+    assert result.in_recovery is None
+    assert result.summary() == result.error
+
+
+def test_probe_of_a_silent_port_gives_up_at_the_timeout(silent_port: int) -> None:
+    info = ConnectionInfo(
+        host="127.0.0.1", port=silent_port, dbname="app", user="app", connect_timeout_s=30
+    )
+
+    started = time.monotonic()
+    result = probe(info, timeout_s=1)
+    elapsed = time.monotonic() - started
+
+    assert result.ok is False
+    assert f"no answer from 127.0.0.1:{silent_port} within 1 s" in result.error
+    assert 1 <= elapsed < 1 + MARGIN_S
+
+
+def test_probe_of_a_silent_port_bounded_by_libpq_connect_timeout_says_no_answer(
+    silent_port: int,
+) -> None:
+    # connect_timeout (libpq's, enforced by psycopg) shorter than the probe's own deadline.
+    info = ConnectionInfo(
+        host="127.0.0.1", port=silent_port, dbname="app", user="app", connect_timeout_s=2
+    )
+
+    started = time.monotonic()
+    result = probe(info, timeout_s=10)
+    elapsed = time.monotonic() - started
+
+    assert result.ok is False
+    assert f"no answer from 127.0.0.1:{silent_port} within 2 s" in result.error
+    assert elapsed < 2 + MARGIN_S
+
+
+def test_probe_with_a_wrong_password_says_so_without_echoing_it(
+    pg_cluster: LocalPostgresCluster,
+) -> None:
+    wrong = "wrong-password-Zq81x"
+    result = probe(_info(pg_cluster, password=Secret(wrong)), timeout_s=5)
+
+    assert result.ok is False
+    assert "password authentication failed" in result.error
+    assert pg_cluster.user in result.error
+    assert wrong not in result.error
+    assert pg_cluster.password not in result.error
+
+
+@pytest.mark.django_db
+def test_check_endpoints_probes_concurrently(silent_port: int) -> None:
+    endpoints = _silent_cluster("hung", [silent_port] * 3, timeout_s=1)
+
+    started = time.monotonic()
+    results = check_endpoints(endpoints)
+    elapsed = time.monotonic() - started
+
+    assert [endpoint for endpoint, _ in results] == endpoints
+    assert all(not result.ok for _, result in results)
+    assert all("within 1 s" in result.error for _, result in results)
+    # Three 1 s timeouts one after the other would take 3 s.
+    assert elapsed < 2
+
+
+def test_check_endpoint_uses_the_registry_settings(local_cluster: Cluster) -> None:
+    results = {
+        endpoint.name: result
+        for endpoint, result in check_endpoints(
+            local_cluster.endpoints.select_related("cluster").order_by("name")
+        )
+    }
+
+    assert set(results) == {"primary", "replica1", "replica2"}
+    assert all(result.ok for result in results.values()), results
+    assert results["primary"].in_recovery is False
+    assert results["replica1"].in_recovery is True
+    assert results["replica2"].in_recovery is True
+    single = check_endpoint(local_cluster.endpoints.get(role=Role.PRIMARY))
+    assert isinstance(single, ProbeResult)
+    assert single.ok
+    assert single.in_recovery is False
+
+
+def test_check_endpoint_reports_an_undecryptable_password(local_cluster: Cluster) -> None:
+    endpoint = local_cluster.endpoints.select_related("cluster").get(name="primary")
+    endpoint.password_encrypted = "not-a-fernet-token"
+
+    result = check_endpoint(endpoint)
+
+    assert result.ok is False
+    assert "PGWARDEN_ENCRYPTION_KEYS" in result.error
