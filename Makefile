@@ -21,8 +21,8 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 help:
 	@echo "make run      install what is missing, start PostgreSQL (primary + 2 replicas), Redis,"
 	@echo "              web, worker and beat on http://$(HOST):$(PORT)/admin/ until Ctrl-C"
-	@echo "make test     install what is missing, then ruff and the whole test suite"
-	@echo "make lint     ruff check and format check only"
+	@echo "make test     install what is missing, then ruff, mypy and the whole test suite"
+	@echo "make lint     ruff (lint and format check) and mypy only"
 	@echo "make format   ruff format and fix"
 	@echo "make destroy  delete the local cluster's data (var/local-cluster)"
 
@@ -35,6 +35,7 @@ test: setup lint
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(VENV)/.installed
 	$(BIN)/ruff check --fix .

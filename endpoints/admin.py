@@ -18,7 +18,7 @@ from endpoints.probe import ProbeResult, check_endpoints
 
 HISTORY_ROWS = 20
 
-STATE_COLOURS = {
+STATE_COLOURS: dict[str, str] = {
     State.HEALTHY: "#1e7d32",
     State.DEGRADED: "#b26a00",
     State.DOWN: "#c62828",

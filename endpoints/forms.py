@@ -55,7 +55,8 @@ class EndpointForm(forms.ModelForm):
             self.fields["password"].widget.attrs["placeholder"] = "(stored; blank keeps it)"
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if cleaned.get("password") and cleaned.get("clear_password"):
             self.add_error("clear_password", "Either set a new password or remove it, not both.")
         return cleaned
@@ -68,7 +69,7 @@ class EndpointForm(forms.ModelForm):
             endpoint.set_password("")
         if commit:
             endpoint.save()
-            self._save_m2m()
+            self.save_m2m()
         return endpoint
 
 
@@ -79,10 +80,10 @@ class EndpointInlineFormSet(BaseInlineFormSet):
     save would be refused (the other row is still primary in the database).
     """
 
-    def _construct_form(self, i: int, **kwargs: Any) -> forms.Form:
-        form = super()._construct_form(i, **kwargs)
+    def add_fields(self, form: forms.ModelForm, index: int | None) -> None:
+        # Called for every form the formset builds, before any of them is validated.
+        super().add_fields(form, index)
         form.instance.primary_checked_by_formset = True
-        return form
 
     def clean(self) -> None:
         super().clean()

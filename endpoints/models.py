@@ -7,6 +7,7 @@ database constraint, so nothing that bypasses forms can break it.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -493,7 +494,7 @@ class Endpoint(models.Model):
         if errors:
             raise ValidationError(errors)
 
-    def validate_constraints(self, exclude: set[str] | None = None) -> None:
+    def validate_constraints(self, exclude: Collection[str] | None = None) -> None:
         if self.primary_checked_by_formset:
             # Excluding "role" skips only the one-primary constraint, which needs the
             # other rows of the formset to be judged.

@@ -54,6 +54,17 @@ def parse_list(raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def parse_origins(raw: str) -> list[str]:
+    origins = parse_list(raw)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise InvalidValue(f"has {origin!r}, which is not an origin such as https://host")
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise InvalidValue(f"has {origin!r}: an origin has no path (https://host[:port])")
+    return origins
+
+
 def parse_secret_key(raw: str) -> str:
     if len(raw) < 32:
         raise InvalidValue("is shorter than 32 characters")
@@ -205,7 +216,7 @@ VARIABLES: dict[str, Variable] = {
             "CSRF_TRUSTED_ORIGINS",
             "Comma-separated origins allowed to POST to the admin when it sits behind a proxy.",
             "https://pgwarden.example.com",
-            parse_list,
+            parse_origins,
             default="",
         ),
         Variable(

@@ -59,7 +59,7 @@ def redis_server() -> Iterator[LocalRedis]:
 
 
 @pytest.fixture
-def local_cluster(db, pg_cluster):  # type: ignore[no-untyped-def]
+def local_cluster(db, pg_cluster):
     """Cluster ``local`` registered in the test database, as ``make run`` registers it."""
     from endpoints.localstack import register_local_cluster
 
@@ -67,7 +67,7 @@ def local_cluster(db, pg_cluster):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def admin_client(db, client):  # type: ignore[no-untyped-def]
+def admin_client(db, client):
     from django.contrib.auth import get_user_model
 
     user = get_user_model().objects.create_superuser("root", "root@example.com", "pw-for-tests")
@@ -132,7 +132,7 @@ def run_manage(
 
 
 @pytest.fixture(scope="session")
-def celery_worker(django_db_setup, django_db_blocker, redis_server):  # type: ignore[no-untyped-def]
+def celery_worker(django_db_setup, django_db_blocker, redis_server):
     """A real ``celery --app=project worker`` on the test broker and the test database.
 
     Tests that use it must be ``django_db(transaction=True)``: the worker is another

@@ -24,6 +24,7 @@ from project.env import (
     parse_database_url,
     parse_encryption_keys,
     parse_env_file,
+    parse_origins,
     parse_redis_url,
     parse_time_zone,
 )
@@ -297,6 +298,27 @@ def test_parse_encryption_keys_keeps_order_and_refuses_an_empty_list() -> None:
     assert parse_encryption_keys(f" {VALID_KEY} , {other} ") == [VALID_KEY, other]
     with pytest.raises(InvalidValue, match="is empty"):
         parse_encryption_keys(" , ")
+
+
+def test_parse_origins_accepts_scheme_and_host() -> None:
+    assert parse_origins("") == []
+    assert parse_origins("https://pgw.example.com, http://127.0.0.1:8000") == [
+        "https://pgw.example.com",
+        "http://127.0.0.1:8000",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "complaint"),
+    [
+        ("pgw.example.com", "not an origin"),
+        ("ftp://pgw.example.com", "not an origin"),
+        ("https://pgw.example.com/admin/", "has no path"),
+    ],
+)
+def test_parse_origins_refuses(raw: str, complaint: str) -> None:
+    with pytest.raises(InvalidValue, match=complaint):
+        parse_origins(raw)
 
 
 def test_parse_time_zone() -> None:

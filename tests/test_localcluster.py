@@ -47,7 +47,7 @@ def _by_name(statuses: list[NodeStatus]) -> dict[str, NodeStatus]:
 
 def _fetch_all(cluster: LocalPostgresCluster, node: str, query: str) -> list[tuple[object, ...]]:
     with psycopg.connect(**cluster.conninfo(node)) as conn:
-        return conn.execute(query).fetchall()  # type: ignore[arg-type]
+        return conn.execute(query).fetchall()
 
 
 def test_primary_serves_and_replicas_are_in_recovery(cluster: LocalPostgresCluster) -> None:
