@@ -51,6 +51,58 @@ def state_badge(endpoint: Endpoint) -> SafeString:
     )
 
 
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} ms"
+
+
+def routing_stats_table(stats: dict[str, Any]) -> SafeString:
+    """The router's per-endpoint counters, pools and circuits, and the cluster totals."""
+    rows = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+        "<td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (
+                name,
+                e["role"],
+                e["state"],
+                "yes" if e["available"] else "no",
+                e["requests"],
+                e["errors"],
+                e["retries"],
+                _ms(e["latency_avg_ms"]),
+                _ms(e["latency_p95_ms"]),
+                e["circuit"]["state"].replace("_", "-"),
+                "no pool yet"
+                if e["pool"] is None
+                else "{size} open, {in_use} in use, {idle} idle, {waiting} waiting".format(
+                    **e["pool"]
+                ),
+            )
+            for name, e in stats["endpoints"].items()
+        ),
+    )
+    totals = stats["totals"]
+    score = totals["average_health_score"]
+    return format_html(
+        '<table class="pgw-routing-stats"><thead><tr><th>endpoint</th><th>role</th>'
+        "<th>state</th><th>available</th><th>requests</th><th>errors</th><th>retries</th>"
+        "<th>avg latency</th><th>p95 latency</th><th>circuit</th><th>pool</th></tr></thead>"
+        "<tbody>{}</tbody></table><p>Totals: {} requests, {} errors, {} retries; {} of {} "
+        "endpoints available; average response {}; average health score {}; {} open "
+        "connections. Counted since this process started.</p>",
+        rows,
+        totals["requests"],
+        totals["errors"],
+        totals["retries"],
+        totals["available_endpoints"],
+        totals["endpoints"],
+        _ms(totals["average_response_ms"]),
+        "—" if score is None else score,
+        totals["total_connections"],
+    )
+
+
 def report_check(request: HttpRequest, endpoint: Endpoint, result: ProbeResult) -> None:
     if result.ok:
         messages.success(request, f"{endpoint}: connected. {result.summary()}.")
@@ -107,6 +159,8 @@ class ClusterAdmin(admin.ModelAdmin):
                     "read_preference",
                     "load_balancing",
                     "max_replica_lag_s",
+                    "nearest_window_ms",
+                    "strict_classification",
                     "connect_timeout_s",
                     "statement_timeout_ms",
                 )
@@ -122,6 +176,8 @@ class ClusterAdmin(admin.ModelAdmin):
                     "retry_max_delay_ms",
                     "retry_multiplier",
                     "retry_increment_ms",
+                    "circuit_failure_threshold",
+                    "circuit_cooldown_s",
                 )
             },
         ),
@@ -130,7 +186,21 @@ class ClusterAdmin(admin.ModelAdmin):
             {"fields": ("check_interval_s", "probe_timeout_s", "failure_threshold")},
         ),
         ("Failover", {"fields": ("auto_failover", "max_failover_lag_bytes")}),
+        ("Routing statistics (this web process)", {"fields": ("routing_stats",)}),
     )
+    readonly_fields = ("routing_stats",)
+
+    @admin.display(description="routing")
+    def routing_stats(self, cluster: Cluster) -> SafeString | str:
+        from endpoints import routing  # the router is only needed once a page shows it
+
+        if cluster.pk is None:
+            return "—"
+        try:
+            stats = routing.stats(cluster.name)
+        except routing.ClusterNotFound:
+            return "—"
+        return routing_stats_table(stats)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Cluster]:
         return (

@@ -5,3 +5,8 @@ class EndpointsConfig(AppConfig):
     name = "endpoints"
     verbose_name = "PostgreSQL endpoints"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from endpoints import topology
+
+        topology.connect_signals()

@@ -127,6 +127,32 @@ class Cluster(models.Model):
         help_text="Replicas lagging more than this many seconds are not read from. "
         "Blank: no bound.",
     )
+    nearest_window_ms = models.FloatField(
+        "nearest latency window (ms)",
+        default=15.0,
+        validators=[MinValueValidator(0, message="The latency window cannot be negative.")],
+        help_text="Read preference 'nearest': endpoints within this many milliseconds of the "
+        "fastest share the reads (MongoDB's localThresholdMS).",
+    )
+    strict_classification = models.BooleanField(
+        "strict read detection",
+        default=False,
+        help_text="Treat a query as a write when it calls any function not known to be "
+        "read-only (user-defined functions included), so it runs on the primary.",
+    )
+    circuit_failure_threshold = models.PositiveSmallIntegerField(
+        "circuit breaker threshold",
+        default=3,
+        validators=_positive("Circuit breaker threshold"),
+        help_text="Consecutive connection failures or timeouts after which a process stops "
+        "sending requests to an endpoint for the cooldown.",
+    )
+    circuit_cooldown_s = models.FloatField(
+        "circuit breaker cooldown (s)",
+        default=5.0,
+        validators=_positive_float("Circuit breaker cooldown"),
+        help_text="How long an open circuit stays open before one trial request is let through.",
+    )
     retry_strategy = models.CharField(
         "retry strategy",
         max_length=16,
@@ -219,6 +245,16 @@ class Cluster(models.Model):
                 name="cluster_retry_max_delay_gte_initial",
                 violation_error_message="The max delay must be at least the initial delay.",
             ),
+            models.CheckConstraint(
+                condition=Q(retry_multiplier__gte=1),
+                name="cluster_retry_multiplier_gte_1",
+                violation_error_message="The multiplier must be at least 1.",
+            ),
+            models.CheckConstraint(
+                condition=Q(nearest_window_ms__gte=0),
+                name="cluster_nearest_window_ms_gte_0",
+                violation_error_message="The latency window cannot be negative.",
+            ),
             *_all_positive(
                 "cluster",
                 "connect_timeout_s",
@@ -227,6 +263,8 @@ class Cluster(models.Model):
                 "probe_timeout_s",
                 "failure_threshold",
                 "retry_max_attempts",
+                "circuit_failure_threshold",
+                "circuit_cooldown_s",
             ),
         ]
 

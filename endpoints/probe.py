@@ -23,7 +23,24 @@ from endpoints.crypto import DecryptionError, redact
 if TYPE_CHECKING:
     from endpoints.models import Endpoint
 
-PROBE_SQL = "SELECT pg_is_in_recovery(), current_setting('server_version')"
+# One round trip. WAL positions are bytes since 0/0. Replay lag is 0 when the replica has
+# replayed all it received (an idle primary sends nothing, and a timestamp-based lag would
+# grow forever); otherwise the age of the last transaction it replayed.
+PROBE_SQL = """
+SELECT r.in_recovery,
+       current_setting('server_version'),
+       (CASE WHEN r.in_recovery THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END
+        - '0/0'::pg_lsn)::bigint,
+       (pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::bigint,
+       CASE WHEN NOT r.in_recovery THEN NULL
+            WHEN pg_last_wal_receive_lsn() IS NOT NULL
+                 AND pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0.0
+            ELSE GREATEST(0.0, extract(epoch FROM now() - pg_last_xact_replay_timestamp()))::float8
+       END,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int,
+       current_setting('max_connections')::int
+FROM (SELECT pg_is_in_recovery() AS in_recovery) AS r
+"""
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,12 @@ class ProbeResult:
     connect_ms: float | None = None
     in_recovery: bool | None = None
     server_version: str | None = None
+    # Bytes since 0/0: the current position on a primary, the replayed one on a replica.
+    wal_lsn: int | None = None
+    received_lsn: int | None = None
+    replay_lag_s: float | None = None
+    connections_in_use: int | None = None
+    max_connections: int | None = None
     error: str = ""
 
     def summary(self) -> str:
@@ -76,6 +99,11 @@ async def probe_async(info: ConnectionInfo, timeout_s: float) -> ProbeResult:
         connect_ms=(connected - started) * 1000,
         in_recovery=bool(row[0]),
         server_version=str(row[1]),
+        wal_lsn=row[2],
+        received_lsn=row[3],
+        replay_lag_s=row[4],
+        connections_in_use=row[5],
+        max_connections=row[6],
     )
 
 

@@ -324,8 +324,9 @@ def test_pgwarden_services_share_one_image_built_from_this_checkout(model: Model
     assert instructions[0] == ["FROM", "python:3.11-slim"]
     assert ["RUN", "pip", "install", "-r", "requirements.txt"] in instructions
     copied = {words[1] for words in instructions if words[0] == "COPY"}
-    # Every top-level package ships, and nothing is copied wholesale (.env, .venv, var/).
-    packages = {path.parent.name for path in ROOT.glob("*/__init__.py")} - {"tests"}
+    # Every runtime package ships (not the tests or the benchmarks), and nothing is copied
+    # wholesale (.env, .venv, var/).
+    packages = {path.parent.name for path in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
     assert copied == {"requirements.txt", "manage.py", *packages}
     local_apps = {app.split(".")[0] for app in settings.INSTALLED_APPS if "." not in app}
     assert local_apps <= packages

@@ -1,0 +1,365 @@
+"""One psycopg connection pool per endpoint in each process.
+
+A pool is built on first use from the endpoint's pool settings and the
+cluster's connect and statement timeouts, rebuilt when any of them changes,
+and drained and closed when the endpoint is disabled, fenced or removed, and
+at process exit. Connections run in autocommit: a single statement costs one
+round trip, with no BEGIN/COMMIT around it.
+
+Two things psycopg_pool does not do on its own:
+
+- *A checkout check without a round trip.* psycopg_pool's ``check`` callback
+  would cost a ``SELECT`` per request and sleeps with backoff after a failed
+  check. Instead :func:`connection_is_dead` polls the socket: an idle
+  connection has nothing to read unless the server closed it (a terminated
+  backend or a restart sends an error and then EOF), so a connection that died
+  while idle is discarded before the caller sees it.
+- *Failing fast when the endpoint does not accept connections.* A pool waits
+  up to its timeout for a connection even when every attempt is refused at
+  once. Each pool's connection class records how the latest attempt went
+  (:class:`ConnectTracker`); while the latest attempt failed, a request that
+  finds no idle connection gets :class:`EndpointUnreachable` immediately, and
+  the circuit breaker's trial request rebuilds the pool so recovery does not
+  wait for psycopg_pool's reconnection backoff.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from endpoints.crypto import redact
+from endpoints.topology import EndpointView
+
+logger = logging.getLogger("pgwarden.pools")
+
+# How often a request waiting on a pool that has not connected yet looks at the
+# outcome of the connection attempts, so a refused connection fails it quickly.
+_CONNECTING_POLL_S = 0.05
+# TCP keepalives, so a connection to a host that vanished is noticed while idle.
+KEEPALIVE_KWARGS = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
+class PoolError(Exception):
+    """No connection could be obtained from an endpoint's pool."""
+
+    def __init__(self, endpoint: str, detail: str) -> None:
+        super().__init__(f"{endpoint}: {detail}")
+        self.endpoint = endpoint
+        self.detail = detail
+
+
+class EndpointUnreachable(PoolError):
+    """The endpoint does not accept connections (counts against its circuit)."""
+
+
+class PoolExhausted(PoolError):
+    """Every connection of the pool stayed busy for the pool timeout (load, not failure)."""
+
+
+class ConnectTracker:
+    """How the latest connection attempt to one endpoint went."""
+
+    UNKNOWN, OK, FAILING = "unknown", "ok", "failing"
+
+    def __init__(self) -> None:
+        self.state = self.UNKNOWN
+        self.last_error = ""
+        self.attempts = 0
+        self.failures = 0
+
+    def succeeded(self) -> None:
+        self.attempts += 1
+        self.state = self.OK
+
+    def failed(self, exc: BaseException) -> None:
+        self.attempts += 1
+        self.failures += 1
+        self.last_error = describe_connect_error(exc)
+        self.state = self.FAILING
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    # libpq repeats "connection failed: connection to server at ... failed:"; keep the cause.
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return redact(text)
+
+
+class _TrackedConnection(psycopg.Connection[Any]):
+    tracker: ConnectTracker
+    # Registered once per connection: building a poll object per checkout costs more.
+    idle_poller: select.poll | None = None
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
+        try:
+            conn = super().connect(conninfo, **kwargs)
+        except BaseException as exc:
+            cls.tracker.failed(exc)
+            raise
+        cls.tracker.succeeded()
+        return conn
+
+
+def connection_is_dead(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection was closed by the server, without a round trip."""
+    if conn.closed or conn.broken:
+        return True
+    pgconn = conn.pgconn
+    if pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        return True
+    poller = getattr(conn, "idle_poller", None)
+    if poller is None:
+        poller = select.poll()
+        poller.register(pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
+        if isinstance(conn, _TrackedConnection):
+            conn.idle_poller = poller
+    # Readable while idle: a notification, or the server's goodbye (a FATAL message, which
+    # libpq hands to the notice processor) followed by EOF, which only the next read sees.
+    for _ in range(4):
+        if not poller.poll(0):
+            return False
+        try:
+            pgconn.consume_input()
+        except psycopg.OperationalError:
+            return True
+        if pgconn.status != pq.ConnStatus.OK:
+            return True
+    return False
+
+
+class EndpointPool:
+    """The pool of one endpoint in this process, with fail-fast acquisition."""
+
+    def __init__(self, endpoint: EndpointView) -> None:
+        if endpoint.connection is None:
+            raise ValueError(f"{endpoint.label}: {endpoint.unusable}")
+        self.endpoint = endpoint
+        self.key = endpoint.pool_key
+        self.in_use = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self.tracker = ConnectTracker()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ConnectionPool[Any]:
+        endpoint = self.endpoint
+        assert endpoint.connection is not None
+        self.tracker = ConnectTracker()
+        connection_class = type(
+            "EndpointConnection", (_TrackedConnection,), {"tracker": self.tracker}
+        )
+        settings = endpoint.pool
+        pool: ConnectionPool[Any] = ConnectionPool(
+            kwargs={
+                **endpoint.connection.connect_kwargs(),
+                **KEEPALIVE_KWARGS,
+                "autocommit": True,
+            },
+            connection_class=connection_class,
+            min_size=settings.min_size,
+            max_size=settings.max_size,
+            timeout=settings.timeout_s,
+            max_idle=settings.max_idle_s,
+            # psycopg_pool shortens each connection's lifetime by up to 5% at random, so
+            # connections opened together do not all expire together.
+            max_lifetime=settings.max_lifetime_s,
+            name=endpoint.label,
+            open=False,
+        )
+        pool.open(wait=False)
+        return pool
+
+    # Acquisition
+
+    def acquire(self, *, trial: bool = False) -> tuple[psycopg.Connection[Any], Any]:
+        """A live connection and the token to give back to :meth:`release`.
+
+        ``trial`` is the circuit breaker's half-open request: if the endpoint has
+        been refusing connections, start over with a fresh pool so the attempt is
+        made now rather than after psycopg_pool's backoff.
+        """
+        if trial and self.tracker.state == ConnectTracker.FAILING:
+            self._restart()
+        pool = self._pool
+        if self.tracker.state == ConnectTracker.OK:
+            # The common case, kept short: it runs on every request.
+            try:
+                conn = pool.getconn(self.endpoint.pool.timeout_s)
+            except (PoolTimeout, PoolClosed):
+                pass  # the slow path below says which it was
+            else:
+                if not connection_is_dead(conn):
+                    with self._lock:
+                        self.in_use += 1
+                    return conn, pool
+                conn.close()
+                pool.putconn(conn)
+        connect_s = self._connect_timeout_s()
+        deadline = time.monotonic() + max(self.endpoint.pool.timeout_s, connect_s)
+        # Every discarded connection shrinks the pool, so this loop ends.
+        for _ in range(self.endpoint.pool.max_size + 2):
+            conn = self._getconn(pool, deadline, connect_s)
+            if not connection_is_dead(conn):
+                with self._lock:
+                    self.in_use += 1
+                return conn, pool
+            logger.info("%s: discarding a connection the server closed", self.endpoint.label)
+            conn.close()
+            pool.putconn(conn)
+        raise EndpointUnreachable(self.endpoint.label, "every pooled connection was closed")
+
+    def _getconn(
+        self, pool: ConnectionPool[Any], deadline: float, connect_s: float
+    ) -> psycopg.Connection[Any]:
+        label = self.endpoint.label
+        connecting_deadline = time.monotonic() + connect_s
+        while True:
+            state = self.tracker.state
+            remaining = deadline - time.monotonic()
+            try:
+                if state == ConnectTracker.OK:
+                    return pool.getconn(timeout=max(remaining, 0.001))
+                if state == ConnectTracker.FAILING:
+                    # An idle connection may still be good; otherwise fail now.
+                    return pool.getconn(timeout=0.001)
+                # No attempt has finished yet: wait in short slices, to notice a refusal.
+                slice_s = min(_CONNECTING_POLL_S, connecting_deadline - time.monotonic())
+                return pool.getconn(timeout=max(slice_s, 0.001))
+            except PoolTimeout:
+                pass
+            except PoolClosed as exc:
+                raise EndpointUnreachable(label, "its pool was closed (endpoint changed)") from exc
+            now = time.monotonic()
+            if self.tracker.state == ConnectTracker.FAILING:
+                raise EndpointUnreachable(label, self.tracker.last_error)
+            if state == ConnectTracker.UNKNOWN and self.tracker.state == ConnectTracker.UNKNOWN:
+                if now >= connecting_deadline:
+                    raise EndpointUnreachable(
+                        label, f"no connection within the {connect_s:g} s connect timeout"
+                    )
+                continue
+            if now >= deadline:
+                raise PoolExhausted(
+                    label,
+                    f"all {self.endpoint.pool.max_size} pooled connections stayed busy for "
+                    f"{self.endpoint.pool.timeout_s:g} s (raise the pool max size, or "
+                    "lower the load)",
+                )
+
+    def release(self, conn: psycopg.Connection[Any], token: Any) -> None:
+        with self._lock:
+            self.in_use -= 1
+        pool: ConnectionPool[Any] = token
+        pool.putconn(conn)
+
+    def _connect_timeout_s(self) -> float:
+        assert self.endpoint.connection is not None
+        # libpq's own timeout, plus a margin for the pool's worker to hand the connection over.
+        return float(self.endpoint.connection.connect_timeout_s) + 1.0
+
+    def _restart(self) -> None:
+        with self._lock:
+            old = self._pool
+            self._pool = self._new_pool()
+        old.close(timeout=0)
+
+    # Reporting and shutdown
+
+    def stats(self) -> dict[str, int]:
+        raw = self._pool.get_stats()
+        size = raw.get("pool_size", 0)
+        idle = raw.get("pool_available", 0)
+        return {
+            "size": size,
+            "in_use": self.in_use,
+            "idle": idle,
+            "waiting": raw.get("requests_waiting", 0),
+            "min_size": raw.get("pool_min", 0),
+            "max_size": raw.get("pool_max", 0),
+            "connections_opened": raw.get("connections_num", 0),
+            "connection_errors": raw.get("connections_errors", 0),
+        }
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Close idle connections now; busy ones close when their request ends."""
+        self._closed = True
+        self._pool.close(timeout=timeout_s)
+
+
+class PoolRegistry:
+    """Every pool of this process, keyed by endpoint id."""
+
+    def __init__(self) -> None:
+        self._pools: dict[int, EndpointPool] = {}
+        self._lock = threading.Lock()
+
+    def get(self, endpoint: EndpointView) -> EndpointPool:
+        pool = self._pools.get(endpoint.id)
+        # The same view object as last time (same snapshot) cannot have changed.
+        if pool is not None and pool.endpoint is endpoint:
+            return pool
+        if pool is not None and pool.key == endpoint.pool_key:
+            pool.endpoint = endpoint  # a new snapshot, same settings: keep the pool
+            return pool
+        with self._lock:
+            pool = self._pools.get(endpoint.id)
+            if pool is not None and pool.key == endpoint.pool_key:
+                return pool
+            if pool is not None:
+                logger.info("%s: connection settings changed, rebuilding its pool", endpoint.label)
+                pool.close(timeout_s=0)
+            pool = EndpointPool(endpoint)
+            self._pools[endpoint.id] = pool
+            return pool
+
+    def peek(self, endpoint_id: int) -> EndpointPool | None:
+        return self._pools.get(endpoint_id)
+
+    def sync(self, endpoints: Iterable[EndpointView]) -> None:
+        """Close the pools of endpoints that are gone, disabled, fenced or changed."""
+        wanted = {endpoint.id: endpoint for endpoint in endpoints if endpoint.takes_traffic}
+        with self._lock:
+            doomed = [
+                (endpoint_id, pool)
+                for endpoint_id, pool in self._pools.items()
+                if endpoint_id not in wanted or wanted[endpoint_id].pool_key != pool.key
+            ]
+            for endpoint_id, _ in doomed:
+                del self._pools[endpoint_id]
+        for _, pool in doomed:
+            logger.info(
+                "%s: closing its pool (endpoint changed or out of service)", pool.endpoint.label
+            )
+            pool.close(timeout_s=0)
+
+    def close_all(self, timeout_s: float = 5.0) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close(timeout_s=timeout_s)
+
+    def forget_after_fork(self) -> None:
+        # The parent's pools (their sockets and worker threads) are not ours to use or close.
+        self._pools = {}
+        self._lock = threading.Lock()
+
+
+registry = PoolRegistry()
+atexit.register(registry.close_all, 1.0)
+os.register_at_fork(after_in_child=registry.forget_after_fork)

@@ -1,0 +1,1056 @@
+"""The routing service: every request to a managed cluster goes through here.
+
+The same code runs in the web process, the Celery worker and the MCP server::
+
+    from endpoints import routing
+
+    result = routing.execute("orders", "SELECT id, total FROM orders WHERE id = %s", [42])
+    result.rows        # [{"id": 42, "total": Decimal("9.90")}]
+    result.endpoint    # "replica1": a read, so it went to a replica
+
+    routing.execute("orders", "UPDATE orders SET paid = true WHERE id = %s", [42])  # primary
+    routing.transaction("orders", [(sql1, params1), (sql2, params2)])
+    with routing.connection("orders", intent="write") as conn:  # the raw psycopg driver
+        ...
+    routing.stats("orders")
+
+Each request: classify the SQL (:mod:`endpoints.classify`, PostgreSQL's own
+parser, cached), choose the eligible endpoints (:func:`balancing.select_eligible`:
+role, read preference, lag bound, circuit breaker, weight), let the cluster's
+strategy pick one, take a connection from its pool (:mod:`endpoints.pools`),
+run, and on a connection failure retry elsewhere by the cluster's retry policy
+(:mod:`endpoints.retry`).
+
+What is retried: failing to obtain or open a connection, and reads whose
+connection failed. A write whose statement may have reached the server is
+never retried: it raises :class:`WriteOutcomeUnknown`. SQL errors are never
+retried, with two exceptions that cannot duplicate anything: a read cancelled
+on a replica by a recovery conflict is retried elsewhere, and a statement the
+parser took for a read that a replica refuses as a write (SQLSTATE 25006, e.g.
+a user function that writes) is sent once to the primary.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import psycopg
+from psycopg import pq, sql
+
+from endpoints import pools as pools_module
+from endpoints.balancing import Balancer, Candidate, Selection, select_eligible
+from endpoints.classify import Classification, classify
+from endpoints.crypto import redact
+from endpoints.pools import EndpointPool, EndpointUnreachable, PoolExhausted, PoolRegistry
+from endpoints.retry import CircuitBreaker, retry_delay_s
+from endpoints.topology import ClusterView, EndpointView, Snapshot, Topology, on_local_change
+
+Intent = Literal["auto", "read", "write"]
+INTENTS = ("auto", "read", "write")
+READ_PREFERENCES = ("primary", "primary_preferred", "secondary", "secondary_preferred", "nearest")
+
+_LATENCY_SAMPLES = 1000
+_LATENCY_EWMA_ALPHA = 0.2
+_RECOVERY_CONFLICT = "40001"
+_READ_ONLY_TRANSACTION = "25006"
+_CONNECTION_FAILURE = "08006"
+
+
+# Errors
+
+
+class RoutingError(Exception):
+    """Base of every error the routing service raises on purpose."""
+
+
+class ClusterNotFound(RoutingError):
+    def __init__(self, cluster: str, known: Sequence[str]) -> None:
+        names = ", ".join(known) if known else "none is registered yet"
+        super().__init__(
+            f"No cluster named {cluster!r} (known clusters: {names}). Register it in the admin "
+            "or with `manage.py register_cluster`."
+        )
+        self.cluster = cluster
+
+
+class NoEndpointAvailable(RoutingError):
+    """No endpoint could serve the request; ``reasons`` says why, per endpoint."""
+
+    def __init__(self, cluster: str, intent: str, reasons: dict[str, str], attempts: int) -> None:
+        self.cluster = cluster
+        self.intent = intent
+        self.reasons = dict(reasons)
+        self.attempts = attempts
+        target = "the primary (a write)" if intent == "write" else "any endpoint for a read"
+        lines = [f"  - {name}: {why}" for name, why in sorted(self.reasons.items())]
+        detail = "\n".join(lines) if lines else "  (the cluster has no endpoints)"
+        tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+        super().__init__(
+            f"Cluster {cluster!r}: could not reach {target}{tries}.\n{detail}\n"
+            "Check the endpoints' state in the admin; a failover, a restarted server or a "
+            "relaxed read preference/lag bound makes one eligible again."
+        )
+
+
+class QueryError(RoutingError):
+    """PostgreSQL refused the statement: its message and SQLSTATE, which endpoint."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str | None,
+        endpoint: str,
+        detail: str | None = None,
+        hint: str | None = None,
+        statement_index: int | None = None,
+    ) -> None:
+        self.message = redact(message)
+        self.sqlstate = sqlstate
+        self.endpoint = endpoint
+        self.detail = redact(detail) if detail else None
+        self.hint = hint
+        self.statement_index = statement_index
+        text = f"{self.message} (SQLSTATE {sqlstate or 'unknown'}, on {endpoint})"
+        if statement_index is not None:
+            text = f"statement {statement_index + 1}: {text}"
+        if self.detail:
+            text += f"\nDETAIL: {self.detail}"
+        if hint:
+            text += f"\nHINT: {hint}"
+        super().__init__(text)
+
+    @classmethod
+    def from_psycopg(
+        cls, exc: psycopg.Error, endpoint: str, statement_index: int | None = None
+    ) -> QueryError:
+        diag = exc.diag
+        message = diag.message_primary or str(exc).strip() or type(exc).__name__
+        return cls(
+            message,
+            sqlstate=exc.sqlstate,
+            endpoint=endpoint,
+            detail=diag.message_detail,
+            hint=diag.message_hint,
+            statement_index=statement_index,
+        )
+
+
+class WriteOutcomeUnknown(RoutingError):
+    """The connection was lost after a write was sent: it may or may not have committed."""
+
+    def __init__(self, cluster: str, endpoint: str, cause: str) -> None:
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.cause = redact(cause)
+        super().__init__(
+            f"Cluster {cluster!r}: the connection to {endpoint} was lost after the write was "
+            f"sent ({self.cause}). It may or may not have been applied, so it was not retried: "
+            "check the data before running it again."
+        )
+
+
+# Results
+
+
+@dataclass
+class QueryResult:
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    rowcount: int
+    truncated: bool
+    endpoint: str
+    role: str
+    elapsed_ms: float
+    attempts: int
+    column_types: list[str] = field(default_factory=list)
+    # The command tag, e.g. "INSERT 0 1".
+    status: str | None = None
+    # After a write, the primary's WAL position once it committed: pass it as ``min_lsn``
+    # to later reads so they only go to endpoints that have replayed it.
+    lsn: str | None = None
+
+
+# Per-process bookkeeping
+
+
+class EndpointStats:
+    """Request counters and observed latency of one endpoint in this process."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.retries = 0
+        self.latency_avg_ms: float | None = None
+        self._samples: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+        self._lock = threading.Lock()
+
+    def record(self, latency_ms: float, *, error: bool = False, retry: bool = False) -> None:
+        with self._lock:
+            self.requests += 1
+            if error:
+                self.errors += 1
+            if retry:
+                self.retries += 1
+            if latency_ms >= 0 and not error:
+                self._samples.append(latency_ms)
+                avg = self.latency_avg_ms
+                self.latency_avg_ms = (
+                    latency_ms if avg is None else avg + _LATENCY_EWMA_ALPHA * (latency_ms - avg)
+                )
+
+    def p95_ms(self) -> float | None:
+        with self._lock:
+            samples = sorted(self._samples)
+        if not samples:
+            return None
+        return samples[min(len(samples) - 1, int(0.95 * len(samples)))]
+
+
+class ClusterRuntime:
+    """This process's balancer, circuit breakers and stats for one cluster."""
+
+    def __init__(self, view: ClusterView) -> None:
+        self.view = view
+        self.balancer = Balancer(view.load_balancing)
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.stats: dict[str, EndpointStats] = {}
+        # Observed query latency per endpoint (moving average), for response_time/nearest.
+        self.latency_ms: dict[str, float] = {}
+        # Selections by (intent, read preference, blocked circuits): they only change with
+        # the snapshot or a circuit, so a request usually skips the eligibility rules.
+        self.selections: dict[tuple[str, str, frozenset[str]], Selection] = {}
+        # Endpoints whose breaker recorded a failure, so only they need looking at.
+        self.suspects: set[str] = set()
+        self._lock = threading.Lock()
+
+    def update(self, view: ClusterView) -> None:
+        self.selections = {}
+        if view.load_balancing != self.view.load_balancing:
+            self.balancer.set_strategy(view.load_balancing)
+        if (view.circuit_failure_threshold, view.circuit_cooldown_s) != (
+            self.view.circuit_failure_threshold,
+            self.view.circuit_cooldown_s,
+        ):
+            for breaker in self.breakers.values():
+                breaker.reconfigure(view.circuit_failure_threshold, view.circuit_cooldown_s)
+        self.view = view
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        breaker = self.breakers.get(name)
+        if breaker is None:
+            with self._lock:
+                breaker = self.breakers.setdefault(
+                    name,
+                    CircuitBreaker(
+                        self.view.circuit_failure_threshold, self.view.circuit_cooldown_s
+                    ),
+                )
+        return breaker
+
+    def endpoint_stats(self, name: str) -> EndpointStats:
+        stats = self.stats.get(name)
+        if stats is None:
+            with self._lock:
+                stats = self.stats.setdefault(name, EndpointStats())
+        return stats
+
+    def blocked_circuits(self) -> frozenset[str]:
+        """Endpoints whose circuit refuses requests right now (cooldown not over)."""
+        if not self.suspects:
+            return _NONE_BLOCKED  # the usual case: no connection failure since all closed
+        blocked = []
+        for name in list(self.suspects):
+            breaker = self.breakers[name]
+            if breaker.state == "closed":
+                if not breaker.snapshot()["consecutive_failures"]:
+                    self.suspects.discard(name)
+            elif _refusing(breaker):
+                blocked.append(name)
+        return frozenset(blocked) if blocked else _NONE_BLOCKED
+
+    def connection_failed(self, name: str) -> None:
+        self.breaker(name).record_failure()
+        self.suspects.add(name)
+
+    def record(self, name: str, latency_ms: float, *, error: bool, retry: bool) -> None:
+        stats = self.endpoint_stats(name)
+        stats.record(latency_ms, error=error, retry=retry)
+        if stats.latency_avg_ms is not None:
+            self.latency_ms[name] = stats.latency_avg_ms
+
+
+_NONE_BLOCKED: frozenset[str] = frozenset()
+
+
+def _refusing(breaker: CircuitBreaker) -> bool:
+    if breaker.state == "half_open":
+        return True  # its one trial request is in flight
+    return float(breaker.snapshot()["open_for_s"]) > 0  # type: ignore[arg-type]
+
+
+@dataclass
+class _Request:
+    """One call's progress through its attempts."""
+
+    cluster: str
+    kind: str
+    read_preference: str
+    attempts: int = 0
+    # Endpoints that failed this request, and why (shown if nothing else works).
+    failed: dict[str, str] = field(default_factory=dict)
+    # Endpoints ruled out for this request only, e.g. behind the requested LSN.
+    ruled_out: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Checkout:
+    endpoint: EndpointView
+    pool: EndpointPool
+    conn: psycopg.Connection[Any]
+    token: Any
+    breaker: CircuitBreaker
+    retry: bool
+
+
+# The router
+
+
+class Router:
+    def __init__(self, topology: Topology, pools: PoolRegistry) -> None:
+        self.topology = topology
+        self.pools = pools
+        self._runtimes: dict[str, ClusterRuntime] = {}
+        self._seen: Snapshot | None = None
+        self._lock = threading.Lock()
+
+    # Public API (module-level functions below delegate here)
+
+    def execute(
+        self,
+        cluster: str,
+        sql_text: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        intent: Intent = "auto",
+        read_preference: str | None = None,
+        timeout_ms: int | None = None,
+        max_rows: int | None = None,
+        min_lsn: str | None = None,
+    ) -> QueryResult:
+        _check_sql(sql_text)
+        if timeout_ms is not None or max_rows is not None:
+            _check_limits(timeout_ms, max_rows)
+        view, runtime = self._cluster(cluster)
+        classification = None
+        if intent == "auto":
+            classification = classify(
+                sql_text,
+                strict=view.strict_classification,
+                client_placeholders=params is not None,
+            )
+            kind = classification.kind
+        elif intent in ("read", "write"):
+            kind = intent
+        else:
+            raise ValueError(f"intent must be one of {', '.join(INTENTS)}, not {intent!r}")
+        request = _Request(view.name, kind, _read_preference(read_preference, view))
+        can_stream = max_rows is not None and _single_statement(classification)
+        want_lsn = view.has_replicas
+
+        while True:
+            checkout = self._checkout(view, runtime, request, min_lsn=min_lsn)
+            endpoint = checkout.endpoint
+            t0 = time.perf_counter()
+            try:
+                if timeout_ms is None and max_rows is None:
+                    result = _execute(checkout.conn, sql_text, params, max_rows=None, stream=False)
+                else:
+                    result = _run_statement(
+                        checkout.conn,
+                        sql_text,
+                        params,
+                        read=request.kind == "read",
+                        timeout_ms=timeout_ms,
+                        max_rows=max_rows,
+                        stream=can_stream and request.kind == "read",
+                    )
+                if request.kind == "write" and want_lsn:
+                    result.lsn = _current_lsn(checkout.conn)
+            except psycopg.Error as exc:
+                elapsed_ms = (time.perf_counter() - t0) * 1000
+                if not _connection_lost(checkout.conn, exc):
+                    self._answered(runtime, checkout, elapsed_ms)
+                    if self._retry_query_error(view, request, checkout, exc, intent):
+                        continue
+                    raise QueryError.from_psycopg(exc, endpoint.name) from None
+                self._lost(runtime, checkout, elapsed_ms, request, exc)
+                if request.kind == "write":
+                    raise WriteOutcomeUnknown(view.name, endpoint.name, _describe(exc)) from None
+                continue
+            finally:
+                checkout.pool.release(checkout.conn, checkout.token)
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            self._answered(runtime, checkout, elapsed_ms)
+            result.endpoint = endpoint.name
+            result.role = endpoint.role
+            result.attempts = request.attempts
+            result.elapsed_ms = (time.perf_counter() - request.started) * 1000
+            return result
+
+    def transaction(
+        self,
+        cluster: str,
+        statements: Sequence[tuple[str, Sequence[Any] | dict[str, Any] | None]],
+        *,
+        read_only: bool = False,
+        read_preference: str | None = None,
+        timeout_ms: int | None = None,
+    ) -> list[QueryResult]:
+        statements = [_statement(item, index) for index, item in enumerate(statements)]
+        if not statements:
+            raise ValueError("a transaction needs at least one statement")
+        _check_limits(timeout_ms, None)
+        view, runtime = self._cluster(cluster)
+        kind = "read" if read_only else "write"
+        request = _Request(view.name, kind, _read_preference(read_preference, view))
+
+        while True:
+            checkout = self._checkout(view, runtime, request)
+            conn = checkout.conn
+            endpoint = checkout.endpoint
+            results: list[QueryResult] = []
+            committing = False
+            index = 0
+            t0 = time.perf_counter()
+            try:
+                with conn.transaction(force_rollback=read_only):
+                    if read_only:
+                        conn.execute("SET TRANSACTION READ ONLY")
+                    if timeout_ms:
+                        _set_local_timeout(conn, timeout_ms)
+                    for position, (text, params) in enumerate(statements):
+                        index = position  # named in the error if this statement fails
+                        results.append(_fetch(conn.execute(text, params), max_rows=None))
+                    committing = True
+                lsn = _current_lsn(conn) if not read_only and view.has_replicas else None
+            except psycopg.Error as exc:
+                elapsed_ms = (time.perf_counter() - t0) * 1000
+                if not _connection_lost(conn, exc):
+                    self._answered(runtime, checkout, elapsed_ms)
+                    raise QueryError.from_psycopg(
+                        exc, endpoint.name, None if committing else index
+                    ) from None
+                self._lost(runtime, checkout, elapsed_ms, request, exc)
+                if read_only:
+                    continue
+                if committing:
+                    raise WriteOutcomeUnknown(view.name, endpoint.name, _describe(exc)) from None
+                raise QueryError(
+                    f"connection lost before COMMIT ({_describe(exc)}): the transaction was "
+                    "rolled back by the server, nothing was committed",
+                    sqlstate=_CONNECTION_FAILURE,
+                    endpoint=endpoint.name,
+                    statement_index=index,
+                ) from None
+            finally:
+                checkout.pool.release(conn, checkout.token)
+            self._answered(runtime, checkout, (time.perf_counter() - t0) * 1000)
+            elapsed_ms = (time.perf_counter() - request.started) * 1000
+            for result in results:
+                result.endpoint = endpoint.name
+                result.role = endpoint.role
+                result.attempts = request.attempts
+                result.elapsed_ms = elapsed_ms
+                result.lsn = lsn
+            return results
+
+    @contextmanager
+    def connection(
+        self,
+        cluster: str,
+        *,
+        intent: Literal["read", "write"] = "read",
+        read_preference: str | None = None,
+    ) -> Iterator[psycopg.Connection[Any]]:
+        if intent not in ("read", "write"):
+            raise ValueError(f"intent must be 'read' or 'write', not {intent!r}")
+        view, runtime = self._cluster(cluster)
+        request = _Request(view.name, intent, _read_preference(read_preference, view))
+        checkout = self._checkout(view, runtime, request)
+        conn = checkout.conn
+        t0 = time.perf_counter()
+        failed = False
+        try:
+            yield conn
+        except BaseException as exc:
+            failed = isinstance(exc, psycopg.Error) and _connection_lost(conn, exc)
+            raise
+        finally:
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            if failed:
+                runtime.connection_failed(checkout.endpoint.name)
+                runtime.record(checkout.endpoint.name, elapsed_ms, error=True, retry=False)
+            else:
+                self._answered(runtime, checkout, elapsed_ms)
+            _restore_session(conn)
+            checkout.pool.release(conn, checkout.token)
+
+    def stats(self, cluster: str) -> dict[str, Any]:
+        view, runtime = self._cluster(cluster)
+        blocked = runtime.blocked_circuits()
+        endpoints: dict[str, Any] = {}
+        totals = {"requests": 0, "errors": 0, "retries": 0}
+        connections = 0
+        latencies: list[float] = []
+        scores: list[int] = []
+        available = 0
+        for endpoint in view.endpoints:
+            stats = runtime.endpoint_stats(endpoint.name)
+            breaker = runtime.breaker(endpoint.name)
+            pool = self.pools.peek(endpoint.id)
+            pool_stats = pool.stats() if pool is not None else None
+            if pool_stats:
+                connections += pool_stats["size"]
+            is_available = (
+                endpoint.takes_traffic
+                and endpoint.weight > 0
+                and endpoint.state != "down"
+                and endpoint.name not in blocked
+            )
+            available += is_available
+            if stats.latency_avg_ms is not None:
+                latencies.append(stats.latency_avg_ms)
+            if endpoint.health_score is not None:
+                scores.append(endpoint.health_score)
+            for key in totals:
+                totals[key] += getattr(stats, key)
+            endpoints[endpoint.name] = {
+                "role": endpoint.role,
+                "address": endpoint.address,
+                "enabled": endpoint.enabled,
+                "state": endpoint.state,
+                "weight": endpoint.weight,
+                "health_score": endpoint.health_score,
+                "available": bool(is_available),
+                "unusable": endpoint.unusable or None,
+                "requests": stats.requests,
+                "errors": stats.errors,
+                "retries": stats.retries,
+                "latency_avg_ms": _round(stats.latency_avg_ms),
+                "latency_p95_ms": _round(stats.p95_ms()),
+                "circuit": breaker.snapshot(),
+                "pool": pool_stats,
+            }
+        return {
+            "cluster": view.name,
+            "load_balancing": view.load_balancing,
+            "read_preference": view.read_preference,
+            "topology_version": self.topology.current().version,
+            "endpoints": endpoints,
+            "totals": {
+                **totals,
+                "endpoints": len(view.endpoints),
+                "available_endpoints": available,
+                "average_response_ms": _round(sum(latencies) / len(latencies))
+                if latencies
+                else None,
+                "average_health_score": _round(sum(scores) / len(scores)) if scores else None,
+                "total_connections": connections,
+            },
+        }
+
+    def close(self) -> None:
+        self.pools.close_all()
+
+    # Choosing and checking out
+
+    def _cluster(self, cluster: Any) -> tuple[ClusterView, ClusterRuntime]:
+        name = getattr(cluster, "name", cluster)
+        snapshot = self.topology.current()
+        if snapshot is not self._seen:
+            self._adopt(snapshot)
+        view = snapshot.clusters.get(name)
+        if view is None:
+            raise ClusterNotFound(str(name), list(snapshot.clusters))
+        runtime = self._runtimes.get(name)
+        if runtime is None or runtime.view is not view:
+            with self._lock:
+                runtime = self._runtimes.get(name)
+                if runtime is None:
+                    runtime = self._runtimes[name] = ClusterRuntime(view)
+                elif runtime.view is not view:
+                    runtime.update(view)
+        return view, runtime
+
+    def _adopt(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            if snapshot is self._seen:
+                return
+            self._seen = snapshot
+            self.pools.sync(
+                endpoint for view in snapshot.clusters.values() for endpoint in view.endpoints
+            )
+            for name in list(self._runtimes):
+                if name not in snapshot.clusters:
+                    del self._runtimes[name]
+
+    def _checkout(
+        self,
+        view: ClusterView,
+        runtime: ClusterRuntime,
+        request: _Request,
+        *,
+        min_lsn: str | None = None,
+    ) -> _Checkout:
+        """An endpoint and a live connection to it, retrying connection failures."""
+        policy = view.retry
+        while True:
+            if request.attempts >= policy.max_attempts:
+                raise self._nothing_available(view, runtime, request)
+            candidate = self._choose(view, runtime, request)
+            breaker = runtime.breaker(candidate.name)
+            if not breaker.allow():
+                # Another request took the half-open trial a moment ago.
+                request.ruled_out[candidate.name] = "circuit open (trial request in flight)"
+                continue
+            if request.attempts:
+                time.sleep(retry_delay_s(policy, request.attempts))
+            request.attempts += 1
+            retry = request.attempts > 1
+            endpoint = view.by_name[candidate.name]
+            trial = breaker.state == "half_open"
+            try:
+                pool = self.pools.get(endpoint)
+                conn, token = pool.acquire(trial=trial)
+            except EndpointUnreachable as exc:
+                runtime.connection_failed(endpoint.name)
+                runtime.record(endpoint.name, -1, error=True, retry=retry)
+                request.failed[endpoint.name] = exc.detail
+                continue
+            except PoolExhausted as exc:
+                breaker.release()
+                runtime.record(endpoint.name, -1, error=True, retry=retry)
+                request.failed[endpoint.name] = exc.detail
+                continue
+            checkout = _Checkout(endpoint, pool, conn, token, breaker, retry)
+            if min_lsn and endpoint.role == "replica" and not self._has_replayed(checkout, min_lsn):
+                pool.release(conn, token)
+                breaker.record_success()
+                request.attempts -= 1  # not a failure: just not caught up yet
+                request.ruled_out[endpoint.name] = f"has not replayed LSN {min_lsn} yet"
+                continue
+            return checkout
+
+    def _choose(self, view: ClusterView, runtime: ClusterRuntime, request: _Request) -> Candidate:
+        blocked = runtime.blocked_circuits()
+        # Nearest depends on observed latency, which moves with every request.
+        cacheable = not (
+            request.ruled_out or request.failed or request.read_preference == "nearest"
+        )
+        key = (request.kind, request.read_preference, blocked)
+        selection = runtime.selections.get(key) if cacheable else None
+        if selection is None:
+            candidates: Sequence[Candidate] = view.candidates
+            if request.ruled_out:
+                candidates = [c for c in candidates if c.name not in request.ruled_out]
+            selection = select_eligible(
+                candidates,
+                intent=request.kind,
+                read_preference=request.read_preference,
+                max_lag_s=view.max_replica_lag_s,
+                open_circuits=blocked,
+                avoid=request.failed.keys(),
+                observed_latency_ms=runtime.latency_ms,
+                nearest_window_ms=view.nearest_window_ms,
+            )
+            if cacheable:
+                runtime.selections[key] = selection
+        if not selection.eligible:
+            raise self._nothing_available(view, runtime, request, selection.excluded)
+        eligible = selection.eligible
+        if len(eligible) == 1:
+            return eligible[0]  # writes, and reads pinned to one endpoint: nothing to balance
+        in_use: dict[str, int] = {}
+        if view.load_balancing == "least_connections":
+            for candidate in selection.eligible:
+                pool = self.pools.peek(view.by_name[candidate.name].id)
+                in_use[candidate.name] = pool.in_use if pool is not None else 0
+        return runtime.balancer.pick(
+            selection.eligible, in_use=in_use, observed_latency_ms=runtime.latency_ms
+        )
+
+    def _nothing_available(
+        self,
+        view: ClusterView,
+        runtime: ClusterRuntime,
+        request: _Request,
+        excluded: dict[str, str] | None = None,
+    ) -> NoEndpointAvailable:
+        if excluded is None:
+            excluded = select_eligible(
+                view.candidates,
+                intent=request.kind,
+                read_preference=request.read_preference,
+                max_lag_s=view.max_replica_lag_s,
+                open_circuits=runtime.blocked_circuits(),
+                observed_latency_ms=runtime.latency_ms,
+                nearest_window_ms=view.nearest_window_ms,
+            ).excluded
+        reasons = {**excluded, **view.unusable, **request.ruled_out, **request.failed}
+        return NoEndpointAvailable(view.name, request.kind, reasons, request.attempts)
+
+    def _has_replayed(self, checkout: _Checkout, min_lsn: str) -> bool:
+        try:
+            row = checkout.conn.execute(
+                "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [min_lsn]
+            ).fetchone()
+        except psycopg.Error:
+            return False
+        return bool(row and row[0])
+
+    # Bookkeeping after an attempt
+
+    def _answered(self, runtime: ClusterRuntime, checkout: _Checkout, elapsed_ms: float) -> None:
+        """The server answered (a result or an SQL error): the endpoint is alive."""
+        checkout.breaker.record_success()
+        runtime.record(checkout.endpoint.name, elapsed_ms, error=False, retry=checkout.retry)
+
+    def _lost(
+        self,
+        runtime: ClusterRuntime,
+        checkout: _Checkout,
+        elapsed_ms: float,
+        request: _Request,
+        exc: BaseException,
+    ) -> None:
+        runtime.connection_failed(checkout.endpoint.name)
+        runtime.record(checkout.endpoint.name, elapsed_ms, error=True, retry=checkout.retry)
+        request.failed[checkout.endpoint.name] = f"connection lost: {_describe(exc)}"
+
+    def _retry_query_error(
+        self,
+        view: ClusterView,
+        request: _Request,
+        checkout: _Checkout,
+        exc: psycopg.Error,
+        intent: str,
+    ) -> bool:
+        """Whether an SQL error is one that can be retried without duplicating anything."""
+        if request.kind != "read" or checkout.endpoint.role != "replica":
+            return False
+        if exc.sqlstate == _RECOVERY_CONFLICT and request.attempts < view.retry.max_attempts:
+            request.failed[checkout.endpoint.name] = "query cancelled by a recovery conflict"
+            return True
+        if exc.sqlstate == _READ_ONLY_TRANSACTION and intent == "auto":
+            # The parser took it for a read (e.g. a user function that writes); the replica
+            # refused it without effect, so running it once on the primary is safe.
+            request.kind = "write"
+            request.attempts = 0
+            return True
+        return False
+
+
+# Running statements
+
+
+def _run_statement(
+    conn: psycopg.Connection[Any],
+    sql_text: str,
+    params: Any,
+    *,
+    read: bool,
+    timeout_ms: int | None,
+    max_rows: int | None,
+    stream: bool,
+) -> QueryResult:
+    if timeout_ms:
+        # A transaction scopes the timeout (SET LOCAL); reads are rolled back, not committed.
+        with conn.transaction(force_rollback=read):
+            _set_local_timeout(conn, timeout_ms)
+            return _execute(conn, sql_text, params, max_rows=max_rows, stream=stream)
+    return _execute(conn, sql_text, params, max_rows=max_rows, stream=stream)
+
+
+def _execute(
+    conn: psycopg.Connection[Any],
+    sql_text: str,
+    params: Any,
+    *,
+    max_rows: int | None,
+    stream: bool,
+) -> QueryResult:
+    cur = conn.cursor()
+    if stream and max_rows is not None:
+        # Single-row mode: stop reading after max_rows + 1 (psycopg cancels the rest),
+        # so a huge result is never held in memory.
+        rows: list[Any] = []
+        for row in cur.stream(sql_text, params):
+            rows.append(row)
+            if len(rows) > max_rows:
+                break
+        return _result(cur, rows, max_rows, cur.description)
+    cur.execute(sql_text, params)
+    while cur.nextset():
+        pass  # several statements: report the last one
+    return _fetch(cur, max_rows=max_rows)
+
+
+def _fetch(cur: psycopg.Cursor[Any], *, max_rows: int | None) -> QueryResult:
+    # description builds new objects on every access: read it once.
+    description = cur.description
+    if description is None:
+        return _result(cur, [], None, None)
+    rows = cur.fetchall() if max_rows is None else cur.fetchmany(max_rows + 1)
+    return _result(cur, rows, max_rows, description)
+
+
+def _result(
+    cur: psycopg.Cursor[Any],
+    rows: list[Any],
+    max_rows: int | None,
+    description: list[psycopg.Column] | None,
+) -> QueryResult:
+    truncated = max_rows is not None and len(rows) > max_rows
+    if truncated:
+        del rows[max_rows:]
+    if description is None:
+        columns: list[str] = []
+        types: list[str] = []
+        dict_rows: list[dict[str, Any]] = []
+    else:
+        columns = [column.name for column in description]
+        types = [_type_name(cur, column.type_code) for column in description]
+        dict_rows = [dict(zip(columns, row, strict=True)) for row in rows]
+    return QueryResult(
+        columns=columns,
+        rows=dict_rows,
+        rowcount=cur.rowcount if cur.rowcount >= 0 else len(dict_rows),
+        truncated=truncated,
+        endpoint="",
+        role="",
+        elapsed_ms=0.0,
+        attempts=0,
+        column_types=types,
+        status=cur.statusmessage,
+    )
+
+
+def _type_name(cur: psycopg.Cursor[Any], oid: int) -> str:
+    info = cur.adapters.types.get(oid)
+    return info.name if info is not None else str(oid)
+
+
+def _set_local_timeout(conn: psycopg.Connection[Any], timeout_ms: int) -> None:
+    conn.execute(
+        sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{int(timeout_ms)}ms"))
+    )
+
+
+def _current_lsn(conn: psycopg.Connection[Any]) -> str | None:
+    # After the commit, so a replica that replayed this position sees the write.
+    try:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    except psycopg.Error:
+        return None  # the write itself succeeded; only the position is unknown
+    return row[0] if row else None
+
+
+def _restore_session(conn: psycopg.Connection[Any]) -> None:
+    """Undo what a raw-connection caller may have changed, before the next caller."""
+    if conn.closed or conn.broken:
+        return
+    try:
+        if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+            conn.rollback()
+        if not conn.autocommit:
+            conn.autocommit = True
+        conn.read_only = None
+        conn.isolation_level = None
+        conn.execute("RESET ALL")
+    except psycopg.Error:
+        conn.close()  # the pool replaces it
+
+
+def _connection_lost(conn: psycopg.Connection[Any], exc: BaseException) -> bool:
+    if conn.closed or conn.broken:
+        return True
+    # Failures before any server answer (no SQLSTATE) on an OperationalError.
+    return isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return redact(first)
+
+
+def _check_sql(sql_text: str) -> None:
+    if not isinstance(sql_text, str):
+        raise TypeError(f"sql must be a string, not {type(sql_text).__name__}")
+    if not sql_text.strip():
+        raise ValueError("sql is empty")
+
+
+def _check_limits(timeout_ms: int | None, max_rows: int | None) -> None:
+    if timeout_ms is not None and (not isinstance(timeout_ms, int) or timeout_ms <= 0):
+        raise ValueError(f"timeout_ms must be a positive integer, not {timeout_ms!r}")
+    if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 0):
+        raise ValueError(f"max_rows must be a non-negative integer, not {max_rows!r}")
+
+
+def _read_preference(read_preference: str | None, view: ClusterView) -> str:
+    if read_preference is None:
+        return view.read_preference
+    if read_preference not in READ_PREFERENCES:
+        raise ValueError(
+            f"read_preference must be one of {', '.join(READ_PREFERENCES)}, not {read_preference!r}"
+        )
+    return read_preference
+
+
+def _single_statement(classification: Classification | None) -> bool:
+    return classification is not None and classification.statement_count == 1
+
+
+def _statement(item: Any, index: int) -> tuple[str, Any]:
+    if isinstance(item, str):
+        text, params = item, None
+    else:
+        try:
+            text, params = item
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"statement {index + 1}: expected (sql, params) or a SQL string"
+            ) from None
+    _check_sql(text)
+    return text, params
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
+
+
+# The process-wide router and the module-level API
+
+_router: Router | None = None
+_router_lock = threading.Lock()
+
+
+def get_router() -> Router:
+    global _router
+    router = _router
+    if router is None:
+        with _router_lock:
+            if _router is None:
+                _router = Router(Topology(), pools_module.registry)
+                on_local_change(_invalidate_local)
+            router = _router
+    return router
+
+
+def _invalidate_local() -> None:
+    if _router is not None:
+        _router.topology.invalidate()
+
+
+def reset_router() -> None:
+    """Close every pool and forget the snapshot (tests; after settings change)."""
+    global _router
+    with _router_lock:
+        if _router is not None:
+            _router.close()
+        _router = None
+
+
+def execute(
+    cluster: str,
+    sql: str,
+    params: Sequence[Any] | dict[str, Any] | None = None,
+    *,
+    intent: Intent = "auto",
+    read_preference: str | None = None,
+    timeout_ms: int | None = None,
+    max_rows: int | None = None,
+    min_lsn: str | None = None,
+) -> QueryResult:
+    """Run one SQL string on the endpoint the routing rules choose.
+
+    ``intent="auto"`` classifies the SQL with PostgreSQL's parser; ``"read"`` or
+    ``"write"`` overrides it. ``max_rows`` caps the rows returned (``truncated``
+    says so); ``timeout_ms`` bounds it on the server; ``min_lsn`` (from a write's
+    result) keeps the read off replicas that have not replayed that write.
+    """
+    return get_router().execute(
+        cluster,
+        sql,
+        params,
+        intent=intent,
+        read_preference=read_preference,
+        timeout_ms=timeout_ms,
+        max_rows=max_rows,
+        min_lsn=min_lsn,
+    )
+
+
+def transaction(
+    cluster: str,
+    statements: Sequence[tuple[str, Sequence[Any] | dict[str, Any] | None]],
+    *,
+    read_only: bool = False,
+    read_preference: str | None = None,
+    timeout_ms: int | None = None,
+) -> list[QueryResult]:
+    """Run ``statements`` on one connection in one transaction: all or nothing.
+
+    On the primary unless ``read_only`` (then by read preference, in a READ ONLY
+    transaction). Commits on success, rolls back on any error.
+    """
+    return get_router().transaction(
+        cluster,
+        statements,
+        read_only=read_only,
+        read_preference=read_preference,
+        timeout_ms=timeout_ms,
+    )
+
+
+def connection(
+    cluster: str,
+    *,
+    intent: Literal["read", "write"] = "read",
+    read_preference: str | None = None,
+) -> AbstractContextManager[psycopg.Connection[Any]]:
+    """A pooled psycopg connection (autocommit) for callers that need the raw driver.
+
+    Session changes (SET, an open transaction) are undone when it goes back to the pool.
+    """
+    return get_router().connection(cluster, intent=intent, read_preference=read_preference)
+
+
+def stats(cluster: str) -> dict[str, Any]:
+    """This process's routing statistics for ``cluster``, per endpoint and in total."""
+    return get_router().stats(cluster)
+
+
+__all__ = [
+    "ClusterNotFound",
+    "NoEndpointAvailable",
+    "QueryError",
+    "QueryResult",
+    "RoutingError",
+    "WriteOutcomeUnknown",
+    "connection",
+    "execute",
+    "get_router",
+    "reset_router",
+    "stats",
+    "transaction",
+]

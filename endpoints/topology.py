@@ -1,0 +1,380 @@
+"""The per-process view of clusters and endpoints that the router works from.
+
+The router must not query the control database on every request, so each
+process keeps an immutable :class:`Snapshot` and replaces it when the
+*topology version* changes. The version is a counter in Redis
+(:data:`VERSION_KEY`): every committed change to a cluster or endpoint (admin
+save, registry, health sweep, failover) increments it through
+:func:`notify_changed`, and each process compares it with its own at most every
+:data:`VERSION_CHECK_INTERVAL_S`, so a failover performed by a Celery worker
+redirects writes in every other process within a second.
+
+Safety nets: when Redis cannot be reached the snapshot is reloaded from the
+database every :data:`REDIS_DOWN_RELOAD_S`, and in any case every
+:data:`MAX_SNAPSHOT_AGE_S`, so a lost increment cannot leave a process on a
+stale view for long.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+
+from endpoints.balancing import Candidate
+from endpoints.conninfo import ConnectionInfo
+from endpoints.crypto import DecryptionError
+from endpoints.retry import RetryPolicy
+
+logger = logging.getLogger("pgwarden.topology")
+
+VERSION_KEY = "pgwarden:topology:version"
+VERSION_CHECK_INTERVAL_S = 0.25
+REDIS_DOWN_RELOAD_S = 1.0
+MAX_SNAPSHOT_AGE_S = 30.0
+# Short: this runs inside requests, and a hung Redis must not stall them.
+REDIS_TIMEOUT_S = 0.25
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    min_size: int
+    max_size: int
+    timeout_s: float
+    max_idle_s: float
+    max_lifetime_s: float
+
+
+@dataclass(frozen=True)
+class EndpointView:
+    """What routing needs to know about one endpoint, detached from the ORM."""
+
+    id: int
+    cluster: str
+    name: str
+    role: str
+    enabled: bool
+    state: str
+    weight: int
+    zone: str
+    in_recovery: bool | None
+    lag_s: float | None
+    lag_bytes: int | None
+    latency_ms: float | None
+    health_score: int | None
+    address: str
+    pool: PoolSettings
+    # None when the stored password cannot be decrypted; ``unusable`` says why.
+    connection: ConnectionInfo | None = field(repr=False)
+    unusable: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.cluster}/{self.name}"
+
+    @property
+    def pool_key(self) -> tuple[Any, ...]:
+        """Everything a pool is built from: a change means the pool must be rebuilt."""
+        return (self.id, self.connection, self.pool)
+
+    @property
+    def takes_traffic(self) -> bool:
+        """Whether this process may keep a pool open to it (drained when false)."""
+        return self.enabled and self.state != "fenced" and self.connection is not None
+
+    def candidate(self) -> Candidate:
+        return Candidate(
+            name=self.name,
+            role=self.role,
+            enabled=self.enabled,
+            state=self.state,
+            weight=self.weight,
+            in_recovery=self.in_recovery,
+            lag_s=self.lag_s,
+            latency_ms=self.latency_ms,
+            health_score=self.health_score,
+        )
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    id: int
+    name: str
+    read_preference: str
+    load_balancing: str
+    max_replica_lag_s: float | None
+    nearest_window_ms: float
+    strict_classification: bool
+    retry: RetryPolicy
+    circuit_failure_threshold: int
+    circuit_cooldown_s: float
+    endpoints: tuple[EndpointView, ...]
+    # Precomputed once per snapshot: the router reads them on every request.
+    candidates: tuple[Candidate, ...] = ()
+    unusable: Mapping[str, str] = field(default_factory=dict)
+    by_name: Mapping[str, EndpointView] = field(default_factory=dict)
+    has_replicas: bool = False
+
+    def endpoint(self, name: str) -> EndpointView:
+        return self.by_name[name]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int | None
+    loaded_at: float
+    clusters: Mapping[str, ClusterView]
+
+    def cluster(self, name: str) -> ClusterView | None:
+        return self.clusters.get(name)
+
+
+def load_snapshot(version: int | None, *, clock: Callable[[], float] = time.monotonic) -> Snapshot:
+    """Read every cluster and endpoint from the control database."""
+    from endpoints.models import Cluster
+
+    clusters: dict[str, ClusterView] = {}
+    for cluster in Cluster.objects.prefetch_related("endpoints").order_by("name"):
+        try:
+            clusters[cluster.name] = _cluster_view(cluster)
+        except ValueError as exc:
+            # Rows written around validation must not take every other cluster down.
+            logger.error("cluster %r cannot be routed to: %s", cluster.name, exc)
+    return Snapshot(version=version, loaded_at=clock(), clusters=MappingProxyType(clusters))
+
+
+def _cluster_view(cluster: Any) -> ClusterView:
+    views = tuple(_endpoint_view(cluster, endpoint) for endpoint in cluster.endpoints.all())
+    usable = tuple(view for view in views if view.connection is not None)
+    return ClusterView(
+        id=cluster.pk,
+        name=cluster.name,
+        read_preference=cluster.read_preference,
+        load_balancing=cluster.load_balancing,
+        max_replica_lag_s=cluster.max_replica_lag_s,
+        nearest_window_ms=cluster.nearest_window_ms,
+        strict_classification=cluster.strict_classification,
+        retry=RetryPolicy(
+            strategy=cluster.retry_strategy,
+            max_attempts=cluster.retry_max_attempts,
+            initial_delay_ms=cluster.retry_initial_delay_ms,
+            max_delay_ms=cluster.retry_max_delay_ms,
+            multiplier=cluster.retry_multiplier,
+            increment_ms=cluster.retry_increment_ms,
+        ),
+        circuit_failure_threshold=cluster.circuit_failure_threshold,
+        circuit_cooldown_s=cluster.circuit_cooldown_s,
+        endpoints=views,
+        candidates=tuple(view.candidate() for view in usable),
+        unusable=MappingProxyType({v.name: v.unusable for v in views if v.unusable}),
+        by_name=MappingProxyType({view.name: view for view in views}),
+        has_replicas=any(v.role == "replica" and v.takes_traffic for v in views),
+    )
+
+
+def _endpoint_view(cluster: Any, endpoint: Any) -> EndpointView:
+    endpoint.cluster = cluster  # already loaded: spare connection_info() a query
+    connection: ConnectionInfo | None
+    unusable = ""
+    try:
+        connection = endpoint.connection_info()
+    except DecryptionError:
+        connection = None
+        unusable = (
+            "its stored password cannot be decrypted with PGWARDEN_ENCRYPTION_KEYS "
+            "(set the password again, or restore the old key)"
+        )
+    return EndpointView(
+        id=endpoint.pk,
+        cluster=cluster.name,
+        name=endpoint.name,
+        role=endpoint.role,
+        enabled=endpoint.enabled,
+        state=endpoint.state,
+        weight=endpoint.weight,
+        zone=endpoint.zone,
+        in_recovery=endpoint.in_recovery,
+        lag_s=endpoint.replication_lag_s,
+        lag_bytes=endpoint.replication_lag_bytes,
+        latency_ms=endpoint.last_latency_ms,
+        health_score=endpoint.health_score,
+        address=f"{endpoint.host}:{endpoint.port}",
+        pool=PoolSettings(
+            min_size=endpoint.pool_min_size,
+            max_size=endpoint.pool_max_size,
+            timeout_s=endpoint.pool_timeout_s,
+            max_idle_s=endpoint.pool_max_idle_s,
+            max_lifetime_s=endpoint.pool_max_lifetime_s,
+        ),
+        connection=connection,
+        unusable=unusable,
+    )
+
+
+class Topology:
+    """Holds this process's snapshot and replaces it when the version moves."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        check_interval_s: float = VERSION_CHECK_INTERVAL_S,
+    ) -> None:
+        self._redis_url = redis_url
+        self._clock = clock
+        self._check_interval_s = check_interval_s
+        self._snapshot: Snapshot | None = None
+        self._next_check = 0.0
+        self._redis_retry_at = 0.0
+        self._redis: redis.Redis | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> Snapshot:
+        """The snapshot to route by; cheap unless a version check is due."""
+        snapshot = self._snapshot
+        if snapshot is not None and self._clock() < self._next_check:
+            return snapshot
+        if snapshot is not None and not self._lock.acquire(blocking=False):
+            # Another thread is refreshing: keep serving from the current view.
+            return snapshot
+        if snapshot is None:
+            self._lock.acquire()
+        try:
+            return self._refresh()
+        finally:
+            self._lock.release()
+
+    def invalidate(self) -> None:
+        """This process changed the topology: reload before the next request."""
+        self._next_check = 0.0
+        self._forced = True
+
+    _forced = False
+
+    def _refresh(self) -> Snapshot:
+        now = self._clock()
+        snapshot = self._snapshot
+        if snapshot is not None and now < self._next_check:
+            return snapshot  # refreshed by the thread that held the lock before us
+        forced, self._forced = self._forced, False
+        version = self._read_version(now)
+        if version is None:
+            stale = snapshot is None or forced or now - snapshot.loaded_at >= REDIS_DOWN_RELOAD_S
+        else:
+            stale = (
+                snapshot is None
+                or forced
+                or version != snapshot.version
+                or now - snapshot.loaded_at >= MAX_SNAPSHOT_AGE_S
+            )
+        if stale:
+            snapshot = load_snapshot(version, clock=self._clock)
+            self._snapshot = snapshot
+        self._next_check = self._clock() + self._check_interval_s
+        assert snapshot is not None
+        return snapshot
+
+    def _read_version(self, now: float) -> int | None:
+        if now < self._redis_retry_at:
+            return None
+        try:
+            raw = self._client().get(VERSION_KEY)
+        except redis.RedisError as exc:
+            if self._redis_retry_at == 0.0 or now - self._redis_retry_at > 60:
+                logger.warning(
+                    "cannot read the topology version from Redis (%s); reloading from the "
+                    "database every %.0f s until it is back",
+                    exc,
+                    REDIS_DOWN_RELOAD_S,
+                )
+            self._redis_retry_at = now + REDIS_DOWN_RELOAD_S
+            return None
+        self._redis_retry_at = 0.0
+        return int(raw) if raw is not None else 0
+
+    def _client(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = redis_client(self._redis_url)
+        return self._redis
+
+    def reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._redis = None
+        self._snapshot = None
+        self._next_check = 0.0
+
+
+def redis_client(url: str | None = None) -> redis.Redis:
+    return redis.Redis.from_url(
+        url or settings.REDIS_URL,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+    )
+
+
+_bump_client: redis.Redis | None = None
+_local_listeners: list[Callable[[], None]] = []
+
+
+def bump_version() -> int | None:
+    """Increment the shared version; other processes reload within a second."""
+    global _bump_client
+    try:
+        if _bump_client is None:
+            _bump_client = redis_client()
+        return int(_bump_client.incr(VERSION_KEY))
+    except redis.RedisError as exc:
+        logger.warning(
+            "could not publish a topology change to Redis (%s): other processes pick it "
+            "up within %.0f s",
+            exc,
+            MAX_SNAPSHOT_AGE_S,
+        )
+        return None
+
+
+def notify_changed() -> None:
+    """Call after committing a change routing depends on (``.update()`` skips signals)."""
+    bump_version()
+    for listener in _local_listeners:
+        listener()
+
+
+def on_local_change(listener: Callable[[], None]) -> None:
+    """Run ``listener`` in this process whenever it changes the topology itself."""
+    _local_listeners.append(listener)
+
+
+def _changed_on_commit(**kwargs: Any) -> None:
+    if kwargs.get("raw"):
+        return  # loaddata
+    transaction.on_commit(notify_changed, using=kwargs.get("using"))
+
+
+def connect_signals() -> None:
+    from endpoints.models import Cluster, Endpoint
+
+    for model in (Cluster, Endpoint):
+        uid = f"pgwarden-topology-{model.__name__}"
+        post_save.connect(_changed_on_commit, sender=model, dispatch_uid=uid + "-save")
+        post_delete.connect(_changed_on_commit, sender=model, dispatch_uid=uid + "-delete")
+
+
+def _reset_bump_client_after_fork() -> None:
+    # A socket inherited from the parent would be shared by two processes.
+    global _bump_client
+    _bump_client = None
+
+
+os.register_at_fork(after_in_child=_reset_bump_client_after_fork)

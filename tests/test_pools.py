@@ -1,0 +1,145 @@
+"""endpoints.pools against real servers: dead connections, refused and hung endpoints, rebuilds."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import psycopg
+import pytest
+
+from endpoints.conninfo import ConnectionInfo
+from endpoints.crypto import Secret
+from endpoints.localcluster import LocalPostgresCluster
+from endpoints.pools import (
+    EndpointPool,
+    EndpointUnreachable,
+    PoolExhausted,
+    PoolRegistry,
+    connection_is_dead,
+)
+from endpoints.topology import EndpointView, PoolSettings
+
+
+def _view(
+    pg_cluster: LocalPostgresCluster,
+    *,
+    port: int | None = None,
+    endpoint_id: int = 1,
+    max_size: int = 2,
+    timeout_s: float = 5.0,
+    connect_timeout_s: int = 2,
+) -> EndpointView:
+    node = pg_cluster.primary
+    return EndpointView(
+        id=endpoint_id,
+        cluster="pools",
+        name=f"e{endpoint_id}",
+        role="primary",
+        enabled=True,
+        state="unknown",
+        weight=100,
+        zone="",
+        in_recovery=None,
+        lag_s=None,
+        lag_bytes=None,
+        latency_ms=None,
+        health_score=None,
+        address=f"127.0.0.1:{port or node.port}",
+        pool=PoolSettings(
+            min_size=1, max_size=max_size, timeout_s=timeout_s, max_idle_s=60, max_lifetime_s=600
+        ),
+        connection=ConnectionInfo(
+            host="127.0.0.1",
+            port=port or node.port,
+            dbname=pg_cluster.dbname,
+            user=pg_cluster.user,
+            password=Secret(pg_cluster.password),
+            sslmode="disable",
+            connect_timeout_s=connect_timeout_s,
+        ),
+    )
+
+
+def test_a_connection_terminated_while_idle_is_seen_dead_without_a_round_trip(
+    pg_cluster: LocalPostgresCluster,
+) -> None:
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as victim:
+        assert connection_is_dead(victim) is False
+        pid = victim.info.backend_pid
+        with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        time.sleep(0.2)
+        assert connection_is_dead(victim) is True
+
+
+def test_acquire_and_release_count_connections_in_use(pg_cluster: LocalPostgresCluster) -> None:
+    pool = EndpointPool(_view(pg_cluster))
+    try:
+        conn, token = pool.acquire()
+        assert pool.in_use == 1
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        pool.release(conn, token)
+        assert pool.in_use == 0
+        assert pool.stats()["size"] >= 1
+    finally:
+        pool.close()
+
+
+def test_a_refused_endpoint_fails_fast_with_the_cause(
+    pg_cluster: LocalPostgresCluster, closed_port: int
+) -> None:
+    pool = EndpointPool(_view(pg_cluster, port=closed_port, timeout_s=30.0))
+    try:
+        started = time.monotonic()
+        with pytest.raises(EndpointUnreachable, match="refused"):
+            pool.acquire()
+        # Far below the 30 s pool timeout: the refusal itself ended the wait.
+        assert time.monotonic() - started < 10
+        assert pg_cluster.password not in str(pool.tracker.last_error)
+    finally:
+        pool.close()
+
+
+def test_a_hung_endpoint_costs_one_connect_timeout(
+    pg_cluster: LocalPostgresCluster, silent_port: int
+) -> None:
+    pool = EndpointPool(_view(pg_cluster, port=silent_port, timeout_s=30.0, connect_timeout_s=2))
+    try:
+        started = time.monotonic()
+        with pytest.raises(EndpointUnreachable):
+            pool.acquire()
+        assert time.monotonic() - started < 10
+    finally:
+        pool.close()
+
+
+def test_an_exhausted_pool_reports_load_not_failure(pg_cluster: LocalPostgresCluster) -> None:
+    pool = EndpointPool(_view(pg_cluster, max_size=1, timeout_s=0.3))
+    try:
+        conn, token = pool.acquire()
+        with pytest.raises(PoolExhausted, match="stayed busy"):
+            pool.acquire()
+        pool.release(conn, token)
+    finally:
+        pool.close()
+
+
+def test_the_registry_rebuilds_on_settings_change_and_closes_out_of_service_pools(
+    pg_cluster: LocalPostgresCluster,
+) -> None:
+    registry = PoolRegistry()
+    view = _view(pg_cluster)
+    try:
+        first = registry.get(view)
+        assert registry.get(view) is first
+        bigger = dataclasses.replace(view, pool=dataclasses.replace(view.pool, max_size=4))
+        second = registry.get(bigger)
+        assert second is not first
+        assert second.stats()["max_size"] == 4
+        registry.sync([dataclasses.replace(bigger, enabled=False)])
+        assert registry.peek(view.id) is None
+        with pytest.raises(EndpointUnreachable, match="pool was closed"):
+            second.acquire()
+    finally:
+        registry.close_all()

@@ -1,0 +1,510 @@
+"""endpoints.routing against the real local cluster: a primary and two streaming replicas."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from endpoints import routing, topology
+from endpoints.health import sweep
+from endpoints.localcluster import LocalPostgresCluster
+from endpoints.models import Cluster, Endpoint
+from endpoints.routing import (
+    ClusterNotFound,
+    NoEndpointAvailable,
+    QueryError,
+    WriteOutcomeUnknown,
+)
+from tests.conftest import run_manage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PORT_SQL = "SELECT current_setting('port')::int AS port, pg_is_in_recovery() AS in_recovery"
+
+
+@pytest.fixture(autouse=True)
+def fresh_router(redis_server: Any) -> Iterator[None]:
+    routing.reset_router()
+    yield
+    routing.reset_router()
+
+
+@pytest.fixture
+def cluster(local_cluster: Cluster, pg_cluster: LocalPostgresCluster) -> Cluster:
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS routing_t")
+        conn.execute("CREATE TABLE routing_t (id serial PRIMARY KEY, note text)")
+    pg_cluster.wait_for_replay()
+    return local_cluster
+
+
+def configure(cluster: Cluster, **fields: Any) -> None:
+    Cluster.objects.filter(pk=cluster.pk).update(**fields)
+    topology.notify_changed()
+
+
+def configure_endpoint(cluster: Cluster, name: str, **fields: Any) -> None:
+    Endpoint.objects.filter(cluster=cluster, name=name).update(**fields)
+    topology.notify_changed()
+
+
+def served_by(pg_cluster: LocalPostgresCluster, result: routing.QueryResult) -> str:
+    """The node that really answered, from the server's own port (not the router's claim)."""
+    port = result.rows[0]["port"]
+    return next(node.name for node in pg_cluster.nodes if node.port == port)
+
+
+def row_count(pg_cluster: LocalPostgresCluster) -> int:
+    with psycopg.connect(**pg_cluster.conninfo("primary")) as conn:
+        row = conn.execute("SELECT count(*) FROM routing_t").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# Reads, writes and preferences
+
+
+def test_reads_go_to_replicas_under_secondary_preferred_and_writes_to_the_primary(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    configure(cluster, read_preference="secondary_preferred")
+    for _ in range(20):
+        result = routing.execute("local", PORT_SQL)
+        assert result.role == "replica"
+        assert served_by(pg_cluster, result) == result.endpoint
+        assert result.rows[0]["in_recovery"] is True
+
+    with_params = routing.execute(
+        "local",
+        "SELECT %(n)s::int AS n, %(x)s::text AS x WHERE 'a' LIKE '%%'",
+        {"n": 1, "x": "y"},
+    )
+    assert with_params.rows == [{"n": 1, "x": "y"}]
+    assert with_params.role == "replica"  # psycopg placeholders do not make it look like a write
+
+    write = routing.execute("local", "INSERT INTO routing_t (note) VALUES (%s) RETURNING id", ["a"])
+    assert (write.endpoint, write.role) == ("primary", "primary")
+    assert write.rowcount == 1
+    assert write.rows[0]["id"] >= 1
+    assert write.status == "INSERT 0 1"
+    assert write.lsn is not None
+    assert "/" in write.lsn
+
+    locking = routing.execute("local", "SELECT id FROM routing_t FOR NO KEY UPDATE")
+    assert locking.endpoint == "primary"
+    cte = routing.execute(
+        "local", "WITH moved AS (DELETE FROM routing_t RETURNING id) SELECT count(*) FROM moved"
+    )
+    assert cte.endpoint == "primary"
+    assert cte.rows == [{"count": 1}]
+
+
+def test_read_preferences_primary_secondary_and_intent_override(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    configure(cluster, read_preference="primary")
+    assert routing.execute("local", PORT_SQL).endpoint == "primary"
+    secondary = routing.execute("local", PORT_SQL, read_preference="secondary")
+    assert secondary.role == "replica"
+    assert served_by(pg_cluster, secondary) == secondary.endpoint
+    forced = routing.execute("local", PORT_SQL, intent="write")
+    assert forced.endpoint == "primary"
+    with pytest.raises(ValueError, match="read_preference must be one of"):
+        routing.execute("local", "SELECT 1", read_preference="closest")
+    with pytest.raises(ValueError, match="intent must be one of"):
+        routing.execute("local", "SELECT 1", intent="maybe")  # type: ignore[arg-type]
+
+
+def test_weighted_round_robin_over_1000_reads_matches_the_weights(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    configure(cluster, read_preference="secondary", load_balancing="weighted_round_robin")
+    configure_endpoint(cluster, "replica1", weight=300)
+    configure_endpoint(cluster, "replica2", weight=100)
+    counts: collections.Counter[str] = collections.Counter()
+    for _ in range(1000):
+        result = routing.execute("local", PORT_SQL)
+        counts[served_by(pg_cluster, result)] += 1
+    assert abs(counts["replica1"] / 1000 - 0.75) <= 0.05, counts
+    assert abs(counts["replica2"] / 1000 - 0.25) <= 0.05, counts
+    assert counts["primary"] == 0
+
+
+def test_weight_zero_and_disabled_endpoints_get_no_reads(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    configure(cluster, read_preference="secondary_preferred")
+    configure_endpoint(cluster, "replica1", weight=0)
+    configure_endpoint(cluster, "replica2", enabled=False)
+    result = routing.execute("local", PORT_SQL)
+    # No replica is eligible, so secondary_preferred falls back to the primary.
+    assert served_by(pg_cluster, result) == "primary"
+    with pytest.raises(NoEndpointAvailable) as caught:
+        routing.execute("local", PORT_SQL, read_preference="secondary")
+    assert "replica1: weight 0" in str(caught.value)
+    assert "replica2: disabled" in str(caught.value)
+
+
+# Lag, read-your-writes
+
+
+def _set_replay(pg_cluster: LocalPostgresCluster, node: str, paused: bool) -> None:
+    with psycopg.connect(**pg_cluster.conninfo(node), autocommit=True) as conn:
+        conn.execute("SELECT pg_wal_replay_pause()" if paused else "SELECT pg_wal_replay_resume()")
+
+
+def test_a_replica_with_replay_paused_beyond_the_lag_bound_gets_no_reads_until_resumed(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    configure(cluster, read_preference="secondary", max_replica_lag_s=1.0)
+    _set_replay(pg_cluster, "replica1", paused=True)
+    try:
+        routing.execute("local", "INSERT INTO routing_t (note) VALUES ('lag')")
+        deadline = time.monotonic() + 20
+        while True:
+            observed = {o.endpoint.name: o.result.replay_lag_s for o in sweep(cluster)}
+            if (observed["replica1"] or 0) > 1.0:
+                break
+            assert time.monotonic() < deadline, f"replica1 never lagged: {observed}"
+            time.sleep(0.3)
+        assert (observed["replica2"] or 0) <= 1.0
+        served = {served_by(pg_cluster, routing.execute("local", PORT_SQL)) for _ in range(30)}
+        assert served == {"replica2"}
+        configure_endpoint(cluster, "replica2", enabled=False)
+        with pytest.raises(NoEndpointAvailable, match=r"replica1: replication lag .* over"):
+            routing.execute("local", PORT_SQL)
+        configure_endpoint(cluster, "replica2", enabled=True)
+    finally:
+        _set_replay(pg_cluster, "replica1", paused=False)
+    pg_cluster.wait_for_replay()
+    sweep(cluster)
+    served = {served_by(pg_cluster, routing.execute("local", PORT_SQL)) for _ in range(30)}
+    assert served == {"replica1", "replica2"}
+
+
+def test_read_your_writes_skips_replicas_that_have_not_replayed_the_write(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    configure(cluster, read_preference="secondary_preferred", max_replica_lag_s=None)
+    _set_replay(pg_cluster, "replica1", paused=True)
+    try:
+        write = routing.execute("local", "INSERT INTO routing_t (note) VALUES ('ryw') RETURNING id")
+        assert write.lsn
+        for _ in range(10):
+            read = routing.execute(
+                "local",
+                "SELECT current_setting('port')::int AS port, count(*) AS n FROM routing_t",
+                min_lsn=write.lsn,
+            )
+            assert served_by(pg_cluster, read) != "replica1"
+            assert read.rows[0]["n"] == 1
+        _set_replay(pg_cluster, "replica2", paused=True)
+        write = routing.execute("local", "INSERT INTO routing_t (note) VALUES ('ryw2')")
+        # No replica has this write: secondary_preferred falls back to the primary.
+        read = routing.execute("local", PORT_SQL, min_lsn=write.lsn)
+        assert served_by(pg_cluster, read) == "primary"
+        with pytest.raises(NoEndpointAvailable, match="has not replayed LSN"):
+            routing.execute("local", PORT_SQL, min_lsn=write.lsn, read_preference="secondary")
+    finally:
+        _set_replay(pg_cluster, "replica1", paused=False)
+        _set_replay(pg_cluster, "replica2", paused=False)
+    pg_cluster.wait_for_replay()
+
+
+# Failures: stopped replica, circuit breaker, killed write, dead idle connections
+
+
+def test_a_stopped_replica_opens_its_circuit_reads_continue_and_it_closes_after_restart(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    configure(
+        cluster,
+        read_preference="secondary",
+        load_balancing="round_robin",
+        circuit_failure_threshold=2,
+        circuit_cooldown_s=0.5,
+        retry_initial_delay_ms=10,
+        retry_max_delay_ms=50,
+    )
+    for _ in range(6):  # warm both replicas' pools
+        routing.execute("local", PORT_SQL)
+    pg_cluster.stop_node("replica1", mode="immediate")
+    try:
+        for _ in range(30):
+            result = routing.execute("local", PORT_SQL)
+            assert served_by(pg_cluster, result) == "replica2"
+        circuit = routing.stats("local")["endpoints"]["replica1"]["circuit"]
+        assert circuit["state"] in ("open", "half_open")
+        assert circuit["opened_count"] >= 1
+        assert routing.stats("local")["endpoints"]["replica1"]["errors"] >= 2
+    finally:
+        pg_cluster.start()
+    deadline = time.monotonic() + 15
+    served: set[str] = set()
+    while "replica1" not in served:
+        assert time.monotonic() < deadline, "reads never returned to the restarted replica"
+        served.add(served_by(pg_cluster, routing.execute("local", PORT_SQL)))
+        time.sleep(0.05)
+    assert routing.stats("local")["endpoints"]["replica1"]["circuit"]["state"] == "closed"
+
+
+def test_a_write_interrupted_by_a_killed_backend_is_reported_unknown_and_not_retried(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    outcome: dict[str, BaseException] = {}
+
+    def slow_insert() -> None:
+        try:
+            routing.execute("local", "INSERT INTO routing_t (note) SELECT 'slow' FROM pg_sleep(3)")
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=slow_insert)
+    worker.start()
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as admin:
+        deadline = time.monotonic() + 10
+        while True:
+            row = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'INSERT INTO routing_t%%pg_sleep%%' AND state = 'active'"
+            ).fetchone()
+            if row and row[0]:
+                break
+            assert time.monotonic() < deadline, "the insert never started"
+            time.sleep(0.02)
+    worker.join(10)
+    error = outcome.get("error")
+    assert isinstance(error, WriteOutcomeUnknown), repr(error)
+    assert "may or may not have been applied" in str(error)
+    assert error.endpoint == "primary"
+    assert pg_cluster.password not in str(error)
+    assert row_count(pg_cluster) == 0  # not applied, and above all not applied twice
+    assert routing.stats("local")["endpoints"]["primary"]["retries"] == 0
+    # The next write gets a fresh connection and works.
+    assert routing.execute("local", "INSERT INTO routing_t (note) VALUES ('after')").rowcount == 1
+
+
+def test_connections_that_died_while_idle_are_discarded_without_an_error(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    configure(cluster, read_preference="primary")
+    configure_endpoint(cluster, "primary", pool_min_size=3, pool_max_size=3)
+    for _ in range(5):
+        routing.execute("local", "SELECT 1")
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'pgwarden' AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert killed
+    assert killed[0] >= 1
+    time.sleep(0.2)
+    result = routing.execute("local", "SELECT 1 AS one")
+    assert result.rows == [{"one": 1}]
+    assert result.attempts == 1  # no retry was needed: the dead ones never reached the caller
+    assert routing.stats("local")["endpoints"]["primary"]["errors"] == 0
+
+
+def test_no_connection_leaks_after_10000_mixed_requests_from_8_threads(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    configure(cluster, read_preference="secondary_preferred")
+    for name in ("primary", "replica1", "replica2"):
+        configure_endpoint(cluster, name, pool_min_size=1, pool_max_size=3)
+    errors: list[BaseException] = []
+
+    def client(index: int) -> None:
+        try:
+            for n in range(1250):
+                if n % 10 == 0:
+                    routing.execute(
+                        "local", "INSERT INTO routing_t (note) VALUES (%s)", [f"{index}"]
+                    )
+                elif n % 10 == 1:
+                    with pytest.raises(QueryError):
+                        routing.execute("local", "SELECT * FROM no_such_table")
+                elif n % 10 == 2:
+                    with routing.connection("local") as conn:
+                        conn.execute("SELECT 1").fetchone()
+                else:
+                    routing.execute("local", "SELECT %s::int AS n", [n])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors[:3]
+    stats = routing.stats("local")
+    assert stats["totals"]["requests"] >= 10_000
+    for name, endpoint in stats["endpoints"].items():
+        pool = endpoint["pool"]
+        assert pool is not None, name
+        assert pool["in_use"] == 0, (name, pool)
+        assert pool["size"] <= 3, (name, pool)
+    assert row_count(pg_cluster) == 8 * 125
+    for node in pg_cluster.nodes:
+        with psycopg.connect(**pg_cluster.conninfo(node)) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgwarden'"
+            ).fetchone()
+        assert row is not None
+        assert row[0] <= 3, (node.name, row)
+
+
+# Transactions and raw connections
+
+
+def test_transaction_commits_all_or_nothing_and_names_the_failing_statement(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    results = routing.transaction(
+        "local",
+        [
+            ("INSERT INTO routing_t (note) VALUES (%s) RETURNING id", ["one"]),
+            ("INSERT INTO routing_t (note) VALUES (%s) RETURNING id", ["two"]),
+            ("SELECT count(*) AS n FROM routing_t", None),
+        ],
+    )
+    assert [r.endpoint for r in results] == ["primary"] * 3
+    assert results[2].rows == [{"n": 2}]
+    with pytest.raises(QueryError) as caught:
+        routing.transaction(
+            "local",
+            [
+                ("INSERT INTO routing_t (note) VALUES ('three')", None),
+                ("INSERT INTO routing_t (id, note) VALUES (1, 'duplicate')", None),
+            ],
+        )
+    assert caught.value.sqlstate == "23505"
+    assert caught.value.statement_index == 1
+    assert str(caught.value).startswith("statement 2:")
+    assert row_count(pg_cluster) == 2  # 'three' was rolled back with the failure
+
+    configure(cluster, read_preference="secondary")
+    read_only = routing.transaction("local", [(PORT_SQL, None)], read_only=True)
+    assert read_only[0].role == "replica"
+    with pytest.raises(QueryError) as refused:
+        routing.transaction(
+            "local", [("INSERT INTO routing_t (note) VALUES ('x')", None)], read_only=True
+        )
+    assert refused.value.sqlstate == "25006"
+    with pytest.raises(ValueError, match="at least one statement"):
+        routing.transaction("local", [])
+
+
+def test_raw_connection_session_changes_do_not_leak_to_the_next_caller(
+    cluster: Cluster,
+) -> None:
+    configure(cluster, read_preference="primary")
+    configure_endpoint(cluster, "primary", pool_min_size=1, pool_max_size=1)
+    with routing.connection("local", intent="write") as conn:
+        conn.execute("SET work_mem = '77MB'")
+        conn.autocommit = False
+        conn.execute("INSERT INTO routing_t (note) VALUES ('uncommitted')")
+    with routing.connection("local", intent="write") as conn:
+        row = conn.execute("SHOW work_mem").fetchone()
+        assert row is not None
+        assert row[0] != "77MB"
+        assert conn.autocommit is True
+        count = conn.execute("SELECT count(*) FROM routing_t").fetchone()
+        assert count is not None
+        assert count[0] == 0
+
+
+# Errors
+
+
+def test_errors_name_the_problem_and_never_the_password(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    with pytest.raises(ClusterNotFound, match="known clusters: local"):
+        routing.execute("nope", "SELECT 1")
+    with pytest.raises(QueryError) as syntax:
+        routing.execute("local", "SELEC 1")
+    assert syntax.value.sqlstate == "42601"
+    assert "syntax error" in str(syntax.value)
+    assert syntax.value.endpoint == "primary"  # does not parse, so treated as a write
+    with pytest.raises(QueryError) as timeout:
+        routing.execute("local", "SELECT pg_sleep(2)", timeout_ms=100)
+    assert timeout.value.sqlstate == "57014"
+
+    configure(cluster, retry_max_attempts=2, retry_initial_delay_ms=10, retry_max_delay_ms=10)
+    configure_endpoint(cluster, "primary", port=pg_cluster.replicas[0].port + 7919)
+    with pytest.raises(NoEndpointAvailable) as caught:
+        routing.execute("local", "INSERT INTO routing_t (note) VALUES ('x')")
+    message = str(caught.value)
+    assert "primary:" in message
+    assert "after 2 attempts" in message
+    assert "refused" in message or "failed" in message
+    assert pg_cluster.password not in message
+    assert pg_cluster.password not in repr(caught.value.reasons)
+
+
+def test_max_rows_truncates_and_columns_carry_types(cluster: Cluster) -> None:
+    result = routing.execute(
+        "local", "SELECT g AS n, g::text AS label FROM generate_series(1, 1000) g", max_rows=10
+    )
+    assert result.truncated is True
+    assert [row["n"] for row in result.rows] == list(range(1, 11))
+    assert result.columns == ["n", "label"]
+    assert result.column_types == ["int4", "text"]
+    whole = routing.execute("local", "SELECT 1 AS n", max_rows=10)
+    assert whole.truncated is False
+    assert whole.rows == [{"n": 1}]
+
+
+# Topology across processes
+
+
+def test_a_registry_change_in_another_process_redirects_writes_within_one_second(
+    cluster: Cluster,
+) -> None:
+    assert routing.execute("local", "SELECT 1", intent="write").endpoint == "primary"
+    script = (
+        "import time\n"
+        "from django.db import transaction\n"
+        "from endpoints.models import Endpoint\n"
+        "with transaction.atomic():\n"
+        "    Endpoint.objects.filter(name='primary').update(role='replica')\n"
+        "    e = Endpoint.objects.get(name='replica2'); e.role = 'primary'; e.save()\n"
+        "print(time.time())\n"
+    )
+    process = run_manage("shell", "-c", script)
+    changed_at = float(process.stdout.strip().splitlines()[-1])
+    while True:
+        endpoint = routing.execute("local", "SELECT 1", intent="write").endpoint
+        if endpoint == "replica2":
+            break
+        assert time.time() - changed_at < 1.0, "the router still sends writes to the old primary"
+        time.sleep(0.01)
+    assert time.time() - changed_at < 1.0
+
+
+def test_stats_report_per_endpoint_and_totals(cluster: Cluster) -> None:
+    configure(cluster, read_preference="primary")
+    for _ in range(5):
+        routing.execute("local", "SELECT 1")
+    stats = routing.stats("local")
+    primary = stats["endpoints"]["primary"]
+    assert primary["requests"] == 5
+    assert primary["errors"] == 0
+    assert primary["latency_avg_ms"] > 0
+    assert primary["latency_p95_ms"] > 0
+    assert primary["circuit"]["state"] == "closed"
+    assert primary["pool"]["in_use"] == 0
+    assert primary["pool"]["size"] >= 1
+    totals = stats["totals"]
+    assert totals["requests"] == 5
+    assert totals["endpoints"] == 3
+    assert totals["available_endpoints"] == 3
+    assert totals["total_connections"] >= 1
+    assert totals["average_response_ms"] > 0
