@@ -35,7 +35,8 @@ SELECT r.in_recovery,
        CASE WHEN NOT r.in_recovery THEN NULL
             WHEN pg_last_wal_receive_lsn() IS NOT NULL
                  AND pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0.0
-            ELSE GREATEST(0.0, extract(epoch FROM now() - pg_last_xact_replay_timestamp()))::float8
+            -- NULL (unknown) when nothing was replayed since start-up: no timestamp to age.
+            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
        END,
        (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int,
        current_setting('max_connections')::int
@@ -101,7 +102,8 @@ async def probe_async(info: ConnectionInfo, timeout_s: float) -> ProbeResult:
         server_version=str(row[1]),
         wal_lsn=row[2],
         received_lsn=row[3],
-        replay_lag_s=row[4],
+        # Clocks of primary and replica may differ by a little: never a negative lag.
+        replay_lag_s=None if row[4] is None else max(0.0, row[4]),
         connections_in_use=row[5],
         max_connections=row[6],
     )

@@ -324,23 +324,28 @@ def redis_client(url: str | None = None) -> redis.Redis:
 
 
 _bump_client: redis.Redis | None = None
+_bump_warned_at = -1e9
 _local_listeners: list[Callable[[], None]] = []
 
 
 def bump_version() -> int | None:
     """Increment the shared version; other processes reload within a second."""
-    global _bump_client
+    global _bump_client, _bump_warned_at
     try:
         if _bump_client is None:
             _bump_client = redis_client()
         return int(_bump_client.incr(VERSION_KEY))
     except redis.RedisError as exc:
-        logger.warning(
-            "could not publish a topology change to Redis (%s): other processes pick it "
-            "up within %.0f s",
-            exc,
-            MAX_SNAPSHOT_AGE_S,
-        )
+        now = time.monotonic()
+        if now - _bump_warned_at > 60:  # once a minute, not once per change
+            _bump_warned_at = now
+            logger.warning(
+                "could not publish a topology change to Redis (%s): other processes pick "
+                "it up within %.0f s (within %.0f s if they cannot reach Redis either)",
+                exc,
+                MAX_SNAPSHOT_AGE_S,
+                REDIS_DOWN_RELOAD_S,
+            )
         return None
 
 

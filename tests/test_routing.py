@@ -508,3 +508,49 @@ def test_stats_report_per_endpoint_and_totals(cluster: Cluster) -> None:
     assert totals["available_endpoints"] == 3
     assert totals["total_connections"] >= 1
     assert totals["average_response_ms"] > 0
+
+
+# Classification details that change where a query runs
+
+
+def test_strict_mode_sends_unknown_functions_to_the_primary_and_refused_reads_are_rerouted(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION routing_note(text) RETURNS bigint LANGUAGE sql AS "
+            "$$ INSERT INTO routing_t (note) VALUES ($1) RETURNING id $$"
+        )
+    pg_cluster.wait_for_replay()
+    configure(cluster, read_preference="secondary")
+    # Not strict: the parser cannot know routing_note() writes, so the read goes to a
+    # replica, which refuses it (25006) without effect; it then runs once on the primary.
+    result = routing.execute("local", "SELECT routing_note('once') AS id")
+    assert result.endpoint == "primary"
+    assert row_count(pg_cluster) == 1
+    # With an explicit intent there is no second guess: the caller said read.
+    with pytest.raises(QueryError) as refused:
+        routing.execute("local", "SELECT routing_note('never')", intent="read")
+    assert refused.value.sqlstate == "25006"
+    assert row_count(pg_cluster) == 1
+
+    configure(cluster, strict_classification=True)
+    strict = routing.execute("local", "SELECT routing_note('strict') AS id")
+    assert strict.endpoint == "primary"
+    assert strict.attempts == 1  # classified as a write up front, no detour via a replica
+    assert routing.execute("local", "SELECT lower('X') AS x").role == "replica"
+
+
+def test_the_cluster_admin_page_shows_this_process_routing_stats(
+    cluster: Cluster, admin_client: Any
+) -> None:
+    configure(cluster, read_preference="primary")
+    for _ in range(3):
+        routing.execute("local", "SELECT 1")
+    response = admin_client.get(f"/admin/endpoints/cluster/{cluster.pk}/change/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Routing statistics (this web process)" in page
+    assert 'class="pgw-routing-stats"' in page
+    assert "<td>primary</td><td>primary</td>" in page
+    assert "Totals: 3 requests, 0 errors, 0 retries; 3 of 3 endpoints available" in page
