@@ -11,17 +11,20 @@ VENV ?= .venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: help run test lint format setup system-packages destroy
+.PHONY: help run test bench lint format setup system-packages destroy
 
 help:
 	@echo "make run      install what is missing, start PostgreSQL (primary + 2 replicas), Redis,"
 	@echo "              web, worker and beat on http://$(HOST):$(PORT)/admin/ until Ctrl-C"
 	@echo "make test     install what is missing, then ruff, mypy and the whole test suite"
+	@echo "make bench    performance targets side by side (routing overhead, classification,"
+	@echo "              throughput) on a throwaway local cluster; prints a table"
 	@echo "make lint     ruff (lint and format check) and mypy only"
 	@echo "make format   ruff format and fix"
 	@echo "make destroy  delete the local cluster's data (var/local-cluster)"
@@ -31,6 +34,9 @@ run: setup
 
 test: setup lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
