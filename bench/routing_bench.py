@@ -75,11 +75,16 @@ def routing_overhead(iterations: int) -> list[Row]:
             routed()
         raw_times: list[float] = []
         routed_times: list[float] = []
-        block = 200
-        # Alternating blocks, so drift (CPU frequency, other load) hits both sides alike.
-        for _ in range(iterations // block):
-            _time_block(raw, block, raw_times)
-            _time_block(routed, block, routed_times)
+        # Strictly alternating calls, so drift (CPU frequency, other load) hits both alike.
+        clock = time.perf_counter
+        for _ in range(iterations):
+            t0 = clock()
+            raw()
+            t1 = clock()
+            routed()
+            t2 = clock()
+            raw_times.append((t1 - t0) * 1e6)
+            routed_times.append((t2 - t1) * 1e6)
     finally:
         pool.close()
     raw_median, routed_median = statistics.median(raw_times), statistics.median(routed_times)
@@ -100,14 +105,6 @@ def routing_overhead(iterations: int) -> list[Row]:
             "",
         ),
     ]
-
-
-def _time_block(fn: Callable[[], None], count: int, into: list[float]) -> None:
-    clock = time.perf_counter
-    for _ in range(count):
-        t0 = clock()
-        fn()
-        into.append((clock() - t0) * 1e6)
 
 
 def classification_cost(statements: int) -> list[Row]:

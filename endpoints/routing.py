@@ -159,7 +159,7 @@ class WriteOutcomeUnknown(RoutingError):
 # Results
 
 
-@dataclass
+@dataclass(slots=True)
 class QueryResult:
     columns: list[str]
     rows: list[dict[str, Any]]
@@ -295,7 +295,7 @@ def _refusing(breaker: CircuitBreaker) -> bool:
     return float(breaker.snapshot()["open_for_s"]) > 0  # type: ignore[arg-type]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Request:
     """One call's progress through its attempts."""
 
@@ -310,7 +310,7 @@ class _Request:
     started: float = field(default_factory=time.perf_counter)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Checkout:
     endpoint: EndpointView
     pool: EndpointPool
@@ -796,7 +796,7 @@ def _execute(
             rows.append(row)
             if len(rows) > max_rows:
                 break
-        return _result(cur, rows, max_rows, cur.description)
+        return _result(cur, rows, max_rows)
     cur.execute(sql_text, params)
     while cur.nextset():
         pass  # several statements: report the last one
@@ -804,30 +804,27 @@ def _execute(
 
 
 def _fetch(cur: psycopg.Cursor[Any], *, max_rows: int | None) -> QueryResult:
-    # description builds new objects on every access: read it once.
-    description = cur.description
-    if description is None:
-        return _result(cur, [], None, None)
+    result = cur.pgresult
+    if result is None or result.status != pq.ExecStatus.TUPLES_OK:
+        return _result(cur, [], None)
     rows = cur.fetchall() if max_rows is None else cur.fetchmany(max_rows + 1)
-    return _result(cur, rows, max_rows, description)
+    return _result(cur, rows, max_rows)
 
 
-def _result(
-    cur: psycopg.Cursor[Any],
-    rows: list[Any],
-    max_rows: int | None,
-    description: list[psycopg.Column] | None,
-) -> QueryResult:
+def _result(cur: psycopg.Cursor[Any], rows: list[Any], max_rows: int | None) -> QueryResult:
     truncated = max_rows is not None and len(rows) > max_rows
     if truncated:
         del rows[max_rows:]
-    if description is None:
-        columns: list[str] = []
-        types: list[str] = []
-        dict_rows: list[dict[str, Any]] = []
-    else:
-        columns = [column.name for column in description]
-        types = [_type_name(cur, column.type_code) for column in description]
+    result = cur.pgresult
+    columns: list[str] = []
+    types: list[str] = []
+    dict_rows: list[dict[str, Any]] = []
+    if result is not None and result.nfields:
+        # Straight from the result: cursor.description builds objects on every access.
+        encoding = cur.connection.info.encoding
+        fields = range(result.nfields)
+        columns = [(result.fname(i) or b"").decode(encoding) for i in fields]
+        types = [_type_name(cur, result.ftype(i)) for i in fields]
         dict_rows = [dict(zip(columns, row, strict=True)) for row in rows]
     return QueryResult(
         columns=columns,
@@ -843,9 +840,20 @@ def _result(
     )
 
 
+# Built-in types (OIDs below FirstNormalObjectId) are the same on every server.
+_BUILTIN_TYPE_NAMES: dict[int, str] = {}
+_FIRST_USER_OID = 16384
+
+
 def _type_name(cur: psycopg.Cursor[Any], oid: int) -> str:
+    name = _BUILTIN_TYPE_NAMES.get(oid)
+    if name is not None:
+        return name
     info = cur.adapters.types.get(oid)
-    return info.name if info is not None else str(oid)
+    name = info.name if info is not None else str(oid)
+    if oid < _FIRST_USER_OID:
+        _BUILTIN_TYPE_NAMES[oid] = name
+    return name
 
 
 def _set_local_timeout(conn: psycopg.Connection[Any], timeout_ms: int) -> None:
