@@ -32,6 +32,7 @@ a user function that writes) is sent once to the primary.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -967,6 +968,17 @@ def get_router() -> Router:
 def _invalidate_local() -> None:
     if _router is not None:
         _router.topology.invalidate()
+
+
+def _forget_router_after_fork() -> None:
+    # A forked child (gunicorn, Celery prefork) must not share the parent's Redis socket
+    # or snapshot lock; the pool registry forgets the parent's pools on its own.
+    global _router, _router_lock
+    _router = None
+    _router_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_router_after_fork)
 
 
 def reset_router() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -554,3 +555,25 @@ def test_the_cluster_admin_page_shows_this_process_routing_stats(
     assert 'class="pgw-routing-stats"' in page
     assert "<td>primary</td><td>primary</td>" in page
     assert "Totals: 3 requests, 0 errors, 0 retries; 3 of 3 endpoints available" in page
+
+
+def test_a_forked_child_builds_its_own_router_and_pools(cluster: Cluster) -> None:
+    configure(cluster, read_preference="primary")
+    routing.execute("local", "SELECT 1")
+    parent_router = routing.get_router()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running pytest's cleanup
+        try:
+            fresh = routing.get_router() is not parent_router
+            rows = routing.execute("local", "SELECT 7 AS n").rows
+            os.write(write_end, f"{fresh} {rows}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    report = os.read(read_end, 1000).decode()
+    os.close(read_end)
+    assert status == 0
+    assert report == "True [{'n': 7}]"
+    assert routing.execute("local", "SELECT 1 AS one").rows == [{"one": 1}]
