@@ -86,7 +86,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -344,7 +344,7 @@ def _number(value: float) -> str:
     return f"{value:.1f}".removesuffix(".0")
 
 
-# --- strategies: pure functions ---------------------------------------------------------
+# Strategies: pure functions
 
 
 def _require_candidates(eligible: Sequence[Candidate]) -> None:
@@ -471,9 +471,7 @@ def _health(candidate: Candidate) -> int:
     return UNSCORED_HEALTH if candidate.health_score is None else candidate.health_score
 
 
-# --- the stateful wrapper ---------------------------------------------------------------
-
-_Picker = Callable[[Sequence[Candidate], Mapping[str, int], Mapping[str, float]], Candidate]
+# The stateful wrapper
 
 
 class Balancer:
@@ -493,7 +491,6 @@ class Balancer:
         self._counter = 0
         self._smooth_current: dict[str, int] = {}
         self._strategy = ""
-        self._picker: _Picker = self._pick_round_robin
         self.set_strategy(strategy)
 
     @property
@@ -506,16 +503,7 @@ class Balancer:
 
     def set_strategy(self, strategy: str) -> None:
         """Switch strategy; raises ValueError for an unknown name."""
-        pickers: dict[str, _Picker] = {
-            "round_robin": self._pick_round_robin,
-            "weighted_round_robin": self._pick_smooth_weighted,
-            "least_connections": self._pick_least_connections,
-            "random": self._pick_random,
-            "response_time": self._pick_response_time,
-            "health_based": self._pick_health_based,
-        }
-        picker = pickers.get(strategy)
-        if picker is None:
+        if strategy not in STRATEGIES:
             raise ValueError(
                 f"unknown load balancing strategy {strategy!r}; expected one of "
                 f"{', '.join(STRATEGIES)}"
@@ -524,7 +512,6 @@ class Balancer:
             if strategy == self._strategy:
                 return
             self._strategy = strategy
-            self._picker = picker
             self._counter = 0
             self._smooth_current = {}
 
@@ -536,58 +523,21 @@ class Balancer:
         observed_latency_ms: Mapping[str, float] = _NO_LATENCIES,
     ) -> Candidate:
         """One endpoint of ``eligible`` by the current strategy; ValueError if it is empty."""
-        return self._picker(eligible, in_use, observed_latency_ms)
-
-    def _pick_round_robin(
-        self,
-        eligible: Sequence[Candidate],
-        in_use: Mapping[str, int],
-        observed_latency_ms: Mapping[str, float],
-    ) -> Candidate:
-        with self._lock:
-            chosen, self._counter = pick_round_robin(eligible, self._counter)
-        return chosen
-
-    def _pick_smooth_weighted(
-        self,
-        eligible: Sequence[Candidate],
-        in_use: Mapping[str, int],
-        observed_latency_ms: Mapping[str, float],
-    ) -> Candidate:
-        with self._lock:
-            chosen, self._smooth_current = pick_smooth_weighted(eligible, self._smooth_current)
-        return chosen
-
-    def _pick_least_connections(
-        self,
-        eligible: Sequence[Candidate],
-        in_use: Mapping[str, int],
-        observed_latency_ms: Mapping[str, float],
-    ) -> Candidate:
-        return pick_least_connections(eligible, in_use)
-
-    def _pick_random(
-        self,
-        eligible: Sequence[Candidate],
-        in_use: Mapping[str, int],
-        observed_latency_ms: Mapping[str, float],
-    ) -> Candidate:
-        # No lock: random.Random's primitive draws are atomic, and the picks need no
-        # sequence guarantee beyond being random.
-        return pick_weighted_random(eligible, self._rng)
-
-    def _pick_response_time(
-        self,
-        eligible: Sequence[Candidate],
-        in_use: Mapping[str, int],
-        observed_latency_ms: Mapping[str, float],
-    ) -> Candidate:
-        return pick_response_time(eligible, observed_latency_ms)
-
-    def _pick_health_based(
-        self,
-        eligible: Sequence[Candidate],
-        in_use: Mapping[str, int],
-        observed_latency_ms: Mapping[str, float],
-    ) -> Candidate:
+        strategy = self._strategy
+        if strategy == "weighted_round_robin":
+            with self._lock:
+                chosen, self._smooth_current = pick_smooth_weighted(eligible, self._smooth_current)
+            return chosen
+        if strategy == "round_robin":
+            with self._lock:
+                chosen, self._counter = pick_round_robin(eligible, self._counter)
+            return chosen
+        if strategy == "least_connections":
+            return pick_least_connections(eligible, in_use)
+        if strategy == "random":
+            # No lock: random.Random's primitive draws are atomic, and the picks need no
+            # sequence guarantee beyond being random.
+            return pick_weighted_random(eligible, self._rng)
+        if strategy == "response_time":
+            return pick_response_time(eligible, observed_latency_ms)
         return pick_health_based(eligible)

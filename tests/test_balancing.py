@@ -67,7 +67,7 @@ def names(selection: Selection) -> list[str]:
     return [candidate.name for candidate in selection.eligible]
 
 
-# --- the string literals match the model's choices ----------------------------------------
+# The string literals match the model's choices
 
 
 def test_literals_match_the_model_choices() -> None:
@@ -80,7 +80,7 @@ def test_literals_match_the_model_choices() -> None:
     assert set(STRATEGIES) == set(LoadBalancing.values)
 
 
-# --- Candidate validation -------------------------------------------------------------------
+# Candidate validation
 
 
 @pytest.mark.parametrize(
@@ -98,7 +98,7 @@ def test_candidate_rejects_values_outside_the_model_choices(
         Candidate(name="x", **fields)
 
 
-# --- exclusion rules, one at a time ---------------------------------------------------------
+# Exclusion rules, one at a time
 
 
 @pytest.mark.parametrize(
@@ -148,7 +148,7 @@ def test_the_first_failing_rule_is_the_reason() -> None:
     assert read([replica("r", state="down")], open_circuits={"r"}).excluded == {"r": "down"}
 
 
-# --- writes ----------------------------------------------------------------------------------
+# Writes
 
 
 def test_writes_go_to_the_primary_only() -> None:
@@ -199,7 +199,7 @@ def test_writes_ignore_the_lag_bound_and_accept_any_read_preference_string() -> 
     assert names(selection) == ["p"]
 
 
-# --- reads: replica and primary consistency, lag -------------------------------------------
+# Reads: replica and primary consistency, lag
 
 
 def test_replica_answering_as_primary_is_not_read_from() -> None:
@@ -259,7 +259,7 @@ def test_lag_bound_does_not_apply_to_the_primary() -> None:
     assert names(read([primary("p", lag_s=99.0)], "primary", max_lag_s=1.0)) == ["p"]
 
 
-# --- read preferences ------------------------------------------------------------------------
+# Read preferences
 
 CLUSTER = (primary("p"), replica("r1"), replica("r2"))
 
@@ -429,7 +429,7 @@ def test_empty_candidate_list_selects_nothing() -> None:
     assert write([]) == Selection(eligible=(), excluded={})
 
 
-# --- avoid: retries move elsewhere when they can ---------------------------------------------
+# Avoid: retries move elsewhere when they can
 
 
 def test_avoid_excludes_endpoints_that_already_failed() -> None:
@@ -486,7 +486,7 @@ def test_avoid_applies_before_the_nearest_window() -> None:
     assert selection.excluded == {"fast": "failed on an earlier attempt"}
 
 
-# --- exhaustive invariants -------------------------------------------------------------------
+# Exhaustive invariants
 
 PERMISSIVE_READ_PREFERENCES = ("primary_preferred", "secondary_preferred", "nearest")
 
@@ -627,7 +627,7 @@ def test_permissive_preferences_select_something_whenever_one_endpoint_qualifies
             assert bool(selection.eligible) is expected, (profile, read_preference)
 
 
-# --- round robin -----------------------------------------------------------------------------
+# Round robin
 
 ABC = (replica("a"), replica("b"), replica("c"))
 
@@ -661,7 +661,7 @@ def test_balancer_round_robin_spreads_evenly() -> None:
     assert counts == {"a": 1000, "b": 1000, "c": 1000}
 
 
-# --- smooth weighted round robin -------------------------------------------------------------
+# Smooth weighted round robin
 
 
 def _smooth_sequence(weights: dict[str, int], picks: int) -> list[str]:
@@ -794,7 +794,7 @@ def test_balancer_round_robin_is_exact_across_threads() -> None:
     assert Counter(results) == {"a": 4000, "b": 4000, "c": 4000}
 
 
-# --- least connections -----------------------------------------------------------------------
+# Least connections
 
 
 def test_least_connections_picks_the_fewest_in_use() -> None:
@@ -819,7 +819,7 @@ def test_balancer_least_connections_uses_in_use() -> None:
     assert balancer.pick(ABC, in_use={"a": 3, "b": 0, "c": 1}).name == "b"
 
 
-# --- weighted random -------------------------------------------------------------------------
+# Weighted random
 
 
 def test_weighted_random_is_proportional_to_weight() -> None:
@@ -870,7 +870,7 @@ def test_balancer_random_uses_its_rng() -> None:
     ]
 
 
-# --- response time ---------------------------------------------------------------------------
+# Response time
 
 
 def test_blended_latency_weights_observed_over_probe() -> None:
@@ -914,7 +914,7 @@ def test_balancer_response_time_uses_observed_latency() -> None:
     assert balancer.pick(ABC, observed_latency_ms={"a": 9.0, "b": 3.0, "c": 4.0}).name == "b"
 
 
-# --- health based ----------------------------------------------------------------------------
+# Health based
 
 
 def test_health_based_picks_the_highest_score() -> None:
@@ -948,7 +948,7 @@ def test_balancer_health_based() -> None:
     )
 
 
-# --- Balancer: strategy handling and errors --------------------------------------------------
+# Balancer: strategy handling and errors
 
 
 def test_unknown_strategy_raises_naming_it_and_the_valid_ones() -> None:

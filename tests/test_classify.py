@@ -674,7 +674,7 @@ def test_write_functions_constant_is_lower_case_and_excludes_reads() -> None:
         assert not is_write_function(name), name
 
 
-# --- Against a real hot standby -------------------------------------------------------------
+# Against a real hot standby
 
 SCHEMA_SQL = """
 DROP SCHEMA IF EXISTS classify_t CASCADE;

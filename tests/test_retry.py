@@ -51,7 +51,7 @@ def test_policy_defaults_match_the_model_defaults() -> None:
     )
 
 
-# --- RetryPolicy validation ------------------------------------------------------------------
+# RetryPolicy validation
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_retry_numbers_start_at_1(retry_number: int) -> None:
         retry_delay_s(RetryPolicy(), retry_number)
 
 
-# --- fixed -----------------------------------------------------------------------------------
+# Fixed
 
 
 def test_fixed_delay_is_constant() -> None:
@@ -96,7 +96,7 @@ def test_fixed_delay_of_zero_retries_at_once() -> None:
     assert retry_delay_s(RetryPolicy(strategy="fixed", initial_delay_ms=0), 3) == 0.0
 
 
-# --- linear ----------------------------------------------------------------------------------
+# Linear
 
 
 def test_linear_delay_grows_by_the_increment_then_stops_at_the_cap() -> None:
@@ -119,7 +119,7 @@ def test_linear_delay_for_a_huge_retry_number_is_the_cap() -> None:
     assert retry_delay_s(policy, 10**30) == 2.0
 
 
-# --- exponential (full jitter) ---------------------------------------------------------------
+# Exponential (full jitter)
 
 
 def _ceiling_s(policy: RetryPolicy, retry_number: int) -> float:
@@ -240,7 +240,7 @@ def test_every_strategy_is_capped_and_never_negative(strategy: str) -> None:
             assert 0.0 <= delay <= cap / 1000, (policy, retry_number)
 
 
-# --- circuit breaker: transitions ------------------------------------------------------------
+# Circuit breaker: transitions
 
 
 def test_a_new_breaker_is_closed_and_allows() -> None:
@@ -411,7 +411,7 @@ def _opened(clock: FakeClock) -> CircuitBreaker:
     return breaker
 
 
-# --- circuit breaker: snapshot, reconfigure, validation --------------------------------------
+# Circuit breaker: snapshot, reconfigure, validation
 
 
 def test_snapshot_of_a_new_breaker() -> None:
@@ -537,7 +537,7 @@ def test_default_clock_is_monotonic_time() -> None:
     assert 3599.0 < open_for_s <= 3600.0
 
 
-# --- circuit breaker: threads ----------------------------------------------------------------
+# Circuit breaker: threads
 
 
 def test_exactly_one_of_many_concurrent_callers_gets_the_trial() -> None:
