@@ -29,6 +29,7 @@ import atexit
 import logging
 import os
 import select
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -141,6 +142,72 @@ def connection_is_dead(conn: psycopg.Connection[Any]) -> bool:
         if pgconn.status != pq.ConnStatus.OK:
             return True
     return False
+
+
+class Watchdog:
+    """Ends queries whose server stopped answering, by shutting their socket down.
+
+    ``statement_timeout`` is enforced by the server, so a server that hangs (a stopped
+    process, a frozen VM, a partition where the kernel still acknowledges) would hold the
+    request forever: TCP keepalives do not fire while the peer's kernel answers. A query
+    still running ``grace_s`` after its own timeout has its socket shut down from this
+    thread; psycopg then fails it as a lost connection, which the router retries (a read)
+    or reports as an unknown outcome (a write).
+    """
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self._interval_s = interval_s
+        self._armed: dict[int, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.fired = 0
+
+    def arm(self, conn: psycopg.Connection[Any], timeout_s: float) -> None:
+        if self._thread is None:
+            self._start()
+        self._armed[id(conn)] = (time.monotonic() + timeout_s, conn.pgconn.socket)
+
+    def disarm(self, conn: psycopg.Connection[Any]) -> None:
+        # Under the lock, so the watchdog never shuts down a connection that has moved on.
+        with self._lock:
+            self._armed.pop(id(conn), None)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="pgwarden-query-watchdog", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._interval_s)
+            now = time.monotonic()
+            for key, (deadline, fd) in list(self._armed.items()):
+                if deadline > now:
+                    continue
+                with self._lock:
+                    if self._armed.get(key) != (deadline, fd):
+                        continue  # finished meanwhile
+                    del self._armed[key]
+                    self._shut_down(fd)
+
+    def _shut_down(self, fd: int) -> None:
+        try:
+            # A duplicate of the descriptor: shutdown acts on the socket both share, and
+            # closing the duplicate leaves psycopg's descriptor for psycopg to close.
+            with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+            self.fired += 1
+            logger.warning("a query outlived its deadline: its connection was cut")
+        except OSError:
+            pass  # already closed
+
+    def forget_after_fork(self) -> None:
+        self._armed = {}
+        self._lock = threading.Lock()
+        self._thread = None
 
 
 class EndpointPool:
@@ -363,3 +430,5 @@ class PoolRegistry:
 registry = PoolRegistry()
 atexit.register(registry.close_all, 1.0)
 os.register_at_fork(after_in_child=registry.forget_after_fork)
+watchdog = Watchdog()
+os.register_at_fork(after_in_child=watchdog.forget_after_fork)

@@ -48,7 +48,13 @@ from endpoints import pools as pools_module
 from endpoints.balancing import Balancer, Candidate, Selection, select_eligible
 from endpoints.classify import Classification, classify
 from endpoints.crypto import redact
-from endpoints.pools import EndpointPool, EndpointUnreachable, PoolExhausted, PoolRegistry
+from endpoints.pools import (
+    EndpointPool,
+    EndpointUnreachable,
+    PoolExhausted,
+    PoolRegistry,
+    watchdog,
+)
 from endpoints.retry import CircuitBreaker, retry_delay_s
 from endpoints.topology import ClusterView, EndpointView, Snapshot, Topology, on_local_change
 
@@ -229,6 +235,8 @@ class ClusterRuntime:
         self.selections: dict[tuple[str, str, frozenset[str]], Selection] = {}
         # Endpoints whose breaker recorded a failure, so only they need looking at.
         self.suspects: set[str] = set()
+        # The latest connection failure per endpoint, to explain an open circuit.
+        self.last_errors: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def update(self, view: ClusterView) -> None:
@@ -276,9 +284,10 @@ class ClusterRuntime:
                 blocked.append(name)
         return frozenset(blocked) if blocked else _NONE_BLOCKED
 
-    def connection_failed(self, name: str) -> None:
+    def connection_failed(self, name: str, error: str) -> None:
         self.breaker(name).record_failure()
         self.suspects.add(name)
+        self.last_errors[name] = error
 
     def record(self, name: str, latency_ms: float, *, error: bool, retry: bool) -> None:
         stats = self.endpoint_stats(name)
@@ -369,6 +378,7 @@ class Router:
         while True:
             checkout = self._checkout(view, runtime, request, min_lsn=min_lsn)
             endpoint = checkout.endpoint
+            watchdog.arm(checkout.conn, _deadline_s(endpoint, timeout_ms))
             t0 = time.perf_counter()
             try:
                 if timeout_ms is None and max_rows is None:
@@ -397,6 +407,7 @@ class Router:
                     raise WriteOutcomeUnknown(view.name, endpoint.name, _describe(exc)) from None
                 continue
             finally:
+                watchdog.disarm(checkout.conn)
                 checkout.pool.release(checkout.conn, checkout.token)
             elapsed_ms = (time.perf_counter() - t0) * 1000
             self._answered(runtime, checkout, elapsed_ms)
@@ -430,6 +441,8 @@ class Router:
             results: list[QueryResult] = []
             committing = False
             index = 0
+            # One deadline for the whole transaction: each statement's timeout, and the commit.
+            watchdog.arm(conn, _deadline_s(endpoint, timeout_ms) * (len(statements) + 1))
             t0 = time.perf_counter()
             try:
                 with conn.transaction(force_rollback=read_only):
@@ -462,6 +475,7 @@ class Router:
                     statement_index=index,
                 ) from None
             finally:
+                watchdog.disarm(conn)
                 checkout.pool.release(conn, checkout.token)
             self._answered(runtime, checkout, (time.perf_counter() - t0) * 1000)
             elapsed_ms = (time.perf_counter() - request.started) * 1000
@@ -497,7 +511,7 @@ class Router:
         finally:
             elapsed_ms = (time.perf_counter() - t0) * 1000
             if failed:
-                runtime.connection_failed(checkout.endpoint.name)
+                runtime.connection_failed(checkout.endpoint.name, "connection lost")
                 runtime.record(checkout.endpoint.name, elapsed_ms, error=True, retry=False)
             else:
                 self._answered(runtime, checkout, elapsed_ms)
@@ -574,7 +588,8 @@ class Router:
     # Choosing and checking out
 
     def _cluster(self, cluster: Any) -> tuple[ClusterView, ClusterRuntime]:
-        name = getattr(cluster, "name", cluster)
+        # isinstance first: getattr's default path raises and catches an AttributeError.
+        name = cluster if isinstance(cluster, str) else cluster.name
         snapshot = self.topology.current()
         if snapshot is not self._seen:
             self._adopt(snapshot)
@@ -632,7 +647,7 @@ class Router:
                 pool = self.pools.get(endpoint)
                 conn, token = pool.acquire(trial=trial)
             except EndpointUnreachable as exc:
-                runtime.connection_failed(endpoint.name)
+                runtime.connection_failed(endpoint.name, exc.detail)
                 runtime.record(endpoint.name, -1, error=True, retry=retry)
                 request.failed[endpoint.name] = exc.detail
                 continue
@@ -706,6 +721,9 @@ class Router:
                 nearest_window_ms=view.nearest_window_ms,
             ).excluded
         reasons = {**excluded, **view.unusable, **request.ruled_out, **request.failed}
+        for name, reason in reasons.items():
+            if reason.startswith("circuit open") and name in runtime.last_errors:
+                reasons[name] = f"{reason} (last error: {runtime.last_errors[name]})"
         return NoEndpointAvailable(view.name, request.kind, reasons, request.attempts)
 
     def _has_replayed(self, checkout: _Checkout, min_lsn: str) -> bool:
@@ -732,9 +750,10 @@ class Router:
         request: _Request,
         exc: BaseException,
     ) -> None:
-        runtime.connection_failed(checkout.endpoint.name)
+        cause = f"connection lost: {_describe(exc)}"
+        runtime.connection_failed(checkout.endpoint.name, cause)
         runtime.record(checkout.endpoint.name, elapsed_ms, error=True, retry=checkout.retry)
-        request.failed[checkout.endpoint.name] = f"connection lost: {_describe(exc)}"
+        request.failed[checkout.endpoint.name] = cause
 
     def _retry_query_error(
         self,
@@ -857,6 +876,17 @@ def _type_name(cur: psycopg.Cursor[Any], oid: int) -> str:
     return name
 
 
+# How long past its statement timeout a query may go unanswered before the watchdog cuts
+# its connection: the server cancels at the timeout itself, unless it is hung.
+WATCHDOG_GRACE_S = 2.0
+
+
+def _deadline_s(endpoint: EndpointView, timeout_ms: int | None) -> float:
+    if timeout_ms is None and endpoint.connection is not None:
+        timeout_ms = endpoint.connection.statement_timeout_ms
+    return (timeout_ms or 30_000) / 1000 + WATCHDOG_GRACE_S
+
+
 def _set_local_timeout(conn: psycopg.Connection[Any], timeout_ms: int) -> None:
     conn.execute(
         sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{int(timeout_ms)}ms"))
@@ -904,7 +934,7 @@ def _describe(exc: BaseException) -> str:
 def _check_sql(sql_text: str) -> None:
     if not isinstance(sql_text, str):
         raise TypeError(f"sql must be a string, not {type(sql_text).__name__}")
-    if not sql_text.strip():
+    if not sql_text or sql_text.isspace():
         raise ValueError("sql is empty")
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -448,6 +450,11 @@ def test_errors_name_the_problem_and_never_the_password(
     assert "refused" in message or "failed" in message
     assert pg_cluster.password not in message
     assert pg_cluster.password not in repr(caught.value.reasons)
+    with pytest.raises(NoEndpointAvailable):
+        routing.execute("local", "INSERT INTO routing_t (note) VALUES ('x')")
+    # Three failures opened the circuit: now nothing is tried, and the message says why.
+    with pytest.raises(NoEndpointAvailable, match=r"primary: circuit open .*last error: .*refused"):
+        routing.execute("local", "INSERT INTO routing_t (note) VALUES ('x')")
 
 
 def test_max_rows_truncates_and_columns_carry_types(cluster: Cluster) -> None:
@@ -577,3 +584,42 @@ def test_a_forked_child_builds_its_own_router_and_pools(cluster: Cluster) -> Non
     assert status == 0
     assert report == "True [{'n': 7}]"
     assert routing.execute("local", "SELECT 1 AS one").rows == [{"one": 1}]
+
+
+def _node_processes(pg_cluster: LocalPostgresCluster, node: str) -> list[int]:
+    """The postmaster of ``node`` and every server process it started."""
+    postmaster = int((pg_cluster.node(node).data_dir / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    return [postmaster, *map(int, children)]
+
+
+def test_a_hung_replica_costs_one_deadline_then_reads_move_on(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    configure(
+        cluster,
+        read_preference="secondary",
+        load_balancing="round_robin",
+        statement_timeout_ms=300,
+        connect_timeout_s=2,
+        retry_initial_delay_ms=10,
+        retry_max_delay_ms=10,
+    )
+    for _ in range(4):
+        routing.execute("local", PORT_SQL)
+    frozen = _node_processes(pg_cluster, "replica1")
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        for _ in range(4):
+            result = routing.execute("local", PORT_SQL)
+            assert served_by(pg_cluster, result) == "replica2"
+        # Without the watchdog the first read sent to replica1 would wait forever.
+        assert time.monotonic() - started < 30
+        replica1 = routing.stats("local")["endpoints"]["replica1"]
+        assert replica1["errors"] >= 1
+        assert routing.stats("local")["endpoints"]["replica2"]["retries"] >= 1
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
