@@ -75,16 +75,19 @@ def routing_overhead(iterations: int) -> list[Row]:
             routed()
         raw_times: list[float] = []
         routed_times: list[float] = []
-        # Strictly alternating calls, so drift (CPU frequency, other load) hits both alike.
+        # Strictly alternating calls, so drift (CPU frequency, other load) hits both alike,
+        # and each goes first half of the time, so neither gains from the other's warm-up.
         clock = time.perf_counter
-        for _ in range(iterations):
+        for i in range(iterations):
+            first, second = (raw, routed) if i % 2 == 0 else (routed, raw)
             t0 = clock()
-            raw()
+            first()
             t1 = clock()
-            routed()
+            second()
             t2 = clock()
-            raw_times.append((t1 - t0) * 1e6)
-            routed_times.append((t2 - t1) * 1e6)
+            a, b = (t1 - t0) * 1e6, (t2 - t1) * 1e6
+            raw_times.append(a if first is raw else b)
+            routed_times.append(b if first is raw else a)
     finally:
         pool.close()
     raw_median, routed_median = statistics.median(raw_times), statistics.median(routed_times)

@@ -101,10 +101,12 @@ def describe_connect_error(exc: BaseException) -> str:
     return redact(text)
 
 
-class _TrackedConnection(psycopg.Connection[Any]):
+class TrackedConnection(psycopg.Connection[Any]):
     tracker: ConnectTracker
     # Registered once per connection: building a poll object per checkout costs more.
     idle_poller: select.poll | None = None
+    # The client encoding as a Python codec name, once known (see routing._encoding).
+    python_encoding: str | None = None
 
     @classmethod
     def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
@@ -128,7 +130,7 @@ def connection_is_dead(conn: psycopg.Connection[Any]) -> bool:
     if poller is None:
         poller = select.poll()
         poller.register(pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
-        if isinstance(conn, _TrackedConnection):
+        if isinstance(conn, TrackedConnection):
             conn.idle_poller = poller
     # Readable while idle: a notification, or the server's goodbye (a FATAL message, which
     # libpq hands to the notice processor) followed by EOF, which only the next read sees.
@@ -229,7 +231,7 @@ class EndpointPool:
         assert endpoint.connection is not None
         self.tracker = ConnectTracker()
         connection_class = type(
-            "EndpointConnection", (_TrackedConnection,), {"tracker": self.tracker}
+            "EndpointConnection", (TrackedConnection,), {"tracker": self.tracker}
         )
         settings = endpoint.pool
         pool: ConnectionPool[Any] = ConnectionPool(

@@ -53,6 +53,7 @@ from endpoints.pools import (
     EndpointUnreachable,
     PoolExhausted,
     PoolRegistry,
+    TrackedConnection,
     watchdog,
 )
 from endpoints.retry import CircuitBreaker, retry_delay_s
@@ -825,13 +826,16 @@ def _execute(
 
 def _fetch(cur: psycopg.Cursor[Any], *, max_rows: int | None) -> QueryResult:
     result = cur.pgresult
-    if result is None or result.status != pq.ExecStatus.TUPLES_OK:
-        return _result(cur, [], None)
+    if result is None or not result.nfields:
+        return _result(cur, [], None)  # a command: no rows to fetch
     rows = cur.fetchall() if max_rows is None else cur.fetchmany(max_rows + 1)
     return _result(cur, rows, max_rows)
 
 
 def _result(cur: psycopg.Cursor[Any], rows: list[Any], max_rows: int | None) -> QueryResult:
+    # This runs on every request, right after waiting on the network with cold CPU caches:
+    # every step counts, hence reading the libpq result directly rather than
+    # cursor.description (which builds objects on each access).
     truncated = max_rows is not None and len(rows) > max_rows
     if truncated:
         del rows[max_rows:]
@@ -840,16 +844,16 @@ def _result(cur: psycopg.Cursor[Any], rows: list[Any], max_rows: int | None) -> 
     types: list[str] = []
     dict_rows: list[dict[str, Any]] = []
     if result is not None and result.nfields:
-        # Straight from the result: cursor.description builds objects on every access.
-        encoding = cur.connection.info.encoding
-        fields = range(result.nfields)
-        columns = [(result.fname(i) or b"").decode(encoding) for i in fields]
-        types = [_type_name(cur, result.ftype(i)) for i in fields]
+        encoding = _encoding(cur.connection)
+        for i in range(result.nfields):
+            columns.append((result.fname(i) or b"").decode(encoding))
+            types.append(_type_name(cur, result.ftype(i)))
         dict_rows = [dict(zip(columns, row, strict=True)) for row in rows]
+    rowcount = cur.rowcount
     return QueryResult(
         columns=columns,
         rows=dict_rows,
-        rowcount=cur.rowcount if cur.rowcount >= 0 else len(dict_rows),
+        rowcount=rowcount if rowcount >= 0 else len(dict_rows),
         truncated=truncated,
         endpoint="",
         role="",
@@ -858,6 +862,17 @@ def _result(cur: psycopg.Cursor[Any], rows: list[Any], max_rows: int | None) -> 
         column_types=types,
         status=cur.statusmessage,
     )
+
+
+def _encoding(conn: psycopg.Connection[Any]) -> str:
+    # Pool connections remember it: client_encoding only changes through SET, which
+    # routed statements do not leave behind (raw connections are RESET on return).
+    encoding: str | None = getattr(conn, "python_encoding", None)
+    if encoding is None:
+        encoding = conn.info.encoding
+        if isinstance(conn, TrackedConnection):
+            conn.python_encoding = encoding
+    return encoding
 
 
 # Built-in types (OIDs below FirstNormalObjectId) are the same on every server.
