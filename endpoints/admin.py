@@ -183,9 +183,26 @@ class ClusterAdmin(admin.ModelAdmin):
         ),
         (
             "Health checks",
-            {"fields": ("check_interval_s", "probe_timeout_s", "failure_threshold")},
+            {
+                "fields": (
+                    "check_interval_s",
+                    "probe_timeout_s",
+                    "failure_threshold",
+                    "degraded_latency_ms",
+                )
+            },
         ),
-        ("Failover", {"fields": ("auto_failover", "max_failover_lag_bytes")}),
+        ("Failover", {"fields": ("auto_failover", "max_failover_lag_bytes", "fence_writes")}),
+        (
+            "Alerts",
+            {
+                "fields": (
+                    "alert_min_available_pct",
+                    "alert_max_response_ms",
+                    "alert_min_health_score",
+                )
+            },
+        ),
         ("Routing statistics (this web process)", {"fields": ("routing_stats",)}),
     )
     readonly_fields = ("routing_stats",)

@@ -234,6 +234,36 @@ class Cluster(models.Model):
         "silently drops more than this much WAL (1 MiB, like Patroni's "
         "maximum_lag_on_failover).",
     )
+    fence_writes = models.BooleanField(
+        "make a returning old primary refuse writes",
+        default=True,
+        help_text="When a fenced old primary comes back as a writable primary (split brain), "
+        "set default_transaction_read_only on it and end its client sessions.",
+    )
+    degraded_latency_ms = models.FloatField(
+        "degraded latency (ms)",
+        default=500.0,
+        validators=_positive_float("Degraded latency"),
+        help_text="A probe slower than this marks the endpoint degraded (still routed to).",
+    )
+    alert_min_available_pct = models.PositiveSmallIntegerField(
+        "alert: minimum available endpoints (%)",
+        default=50,
+        validators=[MaxValueValidator(100)],
+        help_text="Alert when fewer than this share of the enabled endpoints is available.",
+    )
+    alert_max_response_ms = models.FloatField(
+        "alert: maximum average response (ms)",
+        default=1000.0,
+        validators=_positive_float("Maximum average response"),
+        help_text="Alert when the endpoints' average probe latency exceeds this.",
+    )
+    alert_min_health_score = models.PositiveSmallIntegerField(
+        "alert: minimum average health score",
+        default=70,
+        validators=[MaxValueValidator(100)],
+        help_text="Alert when the endpoints' average health score falls below this.",
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
     updated_at = models.DateTimeField("updated", auto_now=True)
 
@@ -257,6 +287,8 @@ class Cluster(models.Model):
             ),
             *_all_positive(
                 "cluster",
+                "degraded_latency_ms",
+                "alert_max_response_ms",
                 "connect_timeout_s",
                 "statement_timeout_ms",
                 "check_interval_s",
@@ -412,6 +444,21 @@ class Endpoint(models.Model):
     )
     last_error = models.TextField("last error", blank=True, editable=False)
     in_recovery = models.BooleanField("in recovery", null=True, blank=True, editable=False)
+    wal_lsn = models.BigIntegerField(
+        "WAL position",
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Bytes since 0/0: written on a primary, replayed on a replica (last probe).",
+    )
+    role_mismatch = models.BooleanField(
+        "role mismatch",
+        default=False,
+        editable=False,
+        help_text="The last probe contradicts the registered role (a replica not in recovery, "
+        "or a primary in recovery); never routed to as that role.",
+    )
+    fenced_reason = models.TextField("why fenced", blank=True, editable=False)
 
     created_at = models.DateTimeField("created", auto_now_add=True)
     updated_at = models.DateTimeField("updated", auto_now=True)
@@ -640,3 +687,57 @@ class FailoverEvent(models.Model):
     def __str__(self) -> str:
         started = f"{self.started_at:%Y-%m-%d %H:%M:%S}"
         return f"{self.get_kind_display()} failover of {self.cluster} at {started}"
+
+
+class Alert(models.Model):
+    class Severity(models.TextChoices):
+        INFO = "info", "info"
+        WARNING = "warning", "warning"
+        CRITICAL = "critical", "critical"
+
+    class Kind(models.TextChoices):
+        LOW_AVAILABILITY = "low_availability", "few endpoints available"
+        SLOW_RESPONSE = "slow_response", "slow average response"
+        LOW_HEALTH = "low_health", "low average health score"
+        PRIMARY_DOWN = "primary_down", "primary down"
+        REPLICA_LAG = "replica_lag", "replica lag over bound"
+        ROLE_MISMATCH = "role_mismatch", "role mismatch"
+        SPLIT_BRAIN = "split_brain", "split brain"
+        FAILOVER = "failover", "failover"
+
+    cluster = models.ForeignKey(
+        Cluster, on_delete=models.CASCADE, related_name="alerts", verbose_name="cluster"
+    )
+    endpoint = models.ForeignKey(
+        Endpoint,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="alerts",
+        verbose_name="endpoint",
+    )
+    # Which condition: with the endpoint, at most one active alert per key (no storms).
+    kind = models.CharField("kind", max_length=20, choices=Kind.choices)
+    key = models.CharField("condition key", max_length=200)
+    severity = models.CharField("severity", max_length=8, choices=Severity.choices)
+    message = models.TextField("message")
+    raised_at = models.DateTimeField("raised")
+    cleared_at = models.DateTimeField("cleared", null=True, blank=True)
+
+    class Meta:
+        ordering = ["-raised_at"]
+        indexes = [models.Index(fields=["cluster", "-raised_at"], name="alert_cluster_time")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster", "key"],
+                condition=Q(cleared_at__isnull=True),
+                name="one_active_alert_per_condition",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_severity_display()}: {self.message}"
+
+    @property
+    def active(self) -> bool:
+        return self.cleared_at is None
