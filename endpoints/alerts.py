@@ -20,7 +20,7 @@ from endpoints.models import Alert, Cluster, Endpoint
 
 logger = logging.getLogger("pgwarden.alerts")
 
-_LOG_LEVELS = {
+_LOG_LEVELS: dict[str, int] = {
     Alert.Severity.INFO: logging.INFO,
     Alert.Severity.WARNING: logging.WARNING,
     Alert.Severity.CRITICAL: logging.CRITICAL,
