@@ -623,3 +623,37 @@ def test_a_hung_replica_costs_one_deadline_then_reads_move_on(
     finally:
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
+
+
+def test_endpoints_added_and_removed_take_effect_without_restart(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    from endpoints.pools import registry
+
+    configure(cluster, read_preference="secondary", load_balancing="round_robin")
+    served = {served_by(pg_cluster, routing.execute("local", PORT_SQL)) for _ in range(6)}
+    assert served == {"replica1", "replica2"}
+    removed = Endpoint.objects.get(cluster=cluster, name="replica2")
+    removed_id = removed.pk
+    assert registry.peek(removed_id) is not None
+    removed.delete()  # as the admin's delete does: signals publish the change
+    results = [routing.execute("local", PORT_SQL) for _ in range(6)]
+    assert {r.endpoint for r in results} == {"replica1"}
+    assert registry.peek(removed_id) is None  # its pool was drained and closed
+
+    replica2 = pg_cluster.node("replica2")
+    added = Endpoint(
+        cluster=cluster,
+        name="replica2b",
+        host=replica2.host,
+        port=replica2.port,
+        dbname=pg_cluster.dbname,
+        user=pg_cluster.user,
+        sslmode="disable",
+        weight=100,
+    )
+    added.set_password(pg_cluster.password)
+    added.save()
+    results = [routing.execute("local", PORT_SQL) for _ in range(6)]
+    assert {r.endpoint for r in results} == {"replica1", "replica2b"}
+    assert {served_by(pg_cluster, r) for r in results if r.endpoint == "replica2b"} == {"replica2"}
