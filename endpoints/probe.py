@@ -9,6 +9,7 @@ many probes concurrently.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
@@ -39,7 +40,8 @@ SELECT r.in_recovery,
             ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
        END,
        (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int,
-       current_setting('max_connections')::int
+       current_setting('max_connections')::int,
+       current_setting('default_transaction_read_only')::bool
 FROM (SELECT pg_is_in_recovery() AS in_recovery) AS r
 """
 
@@ -57,6 +59,9 @@ class ProbeResult:
     replay_lag_s: float | None = None
     connections_in_use: int | None = None
     max_connections: int | None = None
+    # default_transaction_read_only: on once a fenced old primary has been made to refuse
+    # writes, so a sweep can tell whether that still has to be done.
+    read_only: bool | None = None
     error: str = ""
 
     def summary(self) -> str:
@@ -106,6 +111,7 @@ async def probe_async(info: ConnectionInfo, timeout_s: float) -> ProbeResult:
         replay_lag_s=None if row[4] is None else max(0.0, row[4]),
         connections_in_use=row[5],
         max_connections=row[6],
+        read_only=bool(row[7]),
     )
 
 
@@ -130,15 +136,19 @@ def _describe(exc: psycopg.Error, info: ConnectionInfo) -> str:
     return redact(message, info.password.reveal())
 
 
-def check_endpoints(endpoints: Iterable[Endpoint]) -> list[tuple[Endpoint, ProbeResult]]:
+def check_endpoints(
+    endpoints: Iterable[Endpoint], *, timeout_s: float | None = None
+) -> list[tuple[Endpoint, ProbeResult]]:
     """Check endpoints with their own settings, all at once; the slowest bounds the total.
 
-    Each probe is bounded by its cluster's connect timeout.
+    Each probe (connection set-up and query) is bounded by ``timeout_s`` (a health sweep
+    passes the cluster's probe timeout), by default by its cluster's connect timeout, as
+    the router would connect; a hung endpoint costs at most that and delays no other.
     """
     endpoints = list(endpoints)
     # Build every coroutine (which reads the registry) before entering the event loop:
     # Django's ORM refuses to run inside one.
-    probes = [_probe_endpoint(endpoint) for endpoint in endpoints]
+    probes = [_probe_endpoint(endpoint, timeout_s) for endpoint in endpoints]
 
     async def gather() -> list[ProbeResult]:
         return list(await asyncio.gather(*probes))
@@ -150,12 +160,20 @@ def check_endpoint(endpoint: Endpoint) -> ProbeResult:
     return check_endpoints([endpoint])[0][1]
 
 
-def _probe_endpoint(endpoint: Endpoint) -> Coroutine[None, None, ProbeResult]:
+def _probe_endpoint(
+    endpoint: Endpoint, timeout_s: float | None
+) -> Coroutine[None, None, ProbeResult]:
     try:
-        info = endpoint.connection_info()
+        if timeout_s is None:
+            info = endpoint.connection_info()
+            timeout_s = float(endpoint.cluster.connect_timeout_s)
+        else:
+            # libpq's own connect timeout (whole seconds) rounded up, so that the probe's
+            # deadline, the exact one, is the one that fires.
+            info = endpoint.connection_info(connect_timeout_s=math.ceil(timeout_s))
     except DecryptionError as exc:
         return _failed(str(exc))
-    return probe_async(info, timeout_s=float(endpoint.cluster.connect_timeout_s))
+    return probe_async(info, timeout_s=timeout_s)
 
 
 async def _failed(error: str) -> ProbeResult:

@@ -19,7 +19,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import environ
 from cryptography.fernet import Fernet
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.validators import validate_email
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -128,6 +129,53 @@ def parse_encryption_keys(raw: str) -> list[str]:
                 f"key #{position} is not a valid Fernet key (32 url-safe base64-encoded bytes)"
             ) from None
     return keys
+
+
+def parse_webhook_url(raw: str) -> str:
+    parts = _split_url(raw.strip())
+    if parts.scheme not in {"http", "https"}:
+        raise InvalidValue(f"has scheme {parts.scheme or '(none)'!r}; use http:// or https://")
+    if not parts.hostname:
+        raise InvalidValue("names no host")
+    return raw.strip()
+
+
+def parse_email_address(raw: str) -> str:
+    address = raw.strip()
+    try:
+        validate_email(address)
+    except ValidationError:
+        raise InvalidValue(f"has {address!r}, which is not an email address") from None
+    return address
+
+
+def parse_email_addresses(raw: str) -> list[str]:
+    return [parse_email_address(item) for item in parse_list(raw)]
+
+
+def parse_email_url(raw: str) -> dict[str, Any]:
+    """Django's EMAIL_* settings from a URL such as ``smtp+tls://user:password@host:587``."""
+    parts = _split_url(raw.strip())
+    if parts.scheme not in environ.Env.EMAIL_SCHEMES:
+        schemes = ", ".join(f"{scheme}://" for scheme in sorted(environ.Env.EMAIL_SCHEMES))
+        raise InvalidValue(f"has scheme {parts.scheme or '(none)'!r}; use one of {schemes}")
+    if parts.scheme.startswith("smtp") and not parts.hostname:
+        raise InvalidValue("names no mail server host")
+    try:
+        config = environ.Env.email_url_config(raw.strip())
+    except (ValueError, ImproperlyConfigured):
+        # The parser's message may quote parts of the URL, password included.
+        raise InvalidValue("cannot be parsed as an email URL") from None
+    return {
+        "EMAIL_BACKEND": config["EMAIL_BACKEND"],
+        "EMAIL_HOST": config["EMAIL_HOST"] or "localhost",
+        "EMAIL_PORT": config["EMAIL_PORT"] or 25,
+        "EMAIL_HOST_USER": config["EMAIL_HOST_USER"] or "",
+        "EMAIL_HOST_PASSWORD": config["EMAIL_HOST_PASSWORD"] or "",
+        "EMAIL_USE_TLS": bool(config.get("EMAIL_USE_TLS", False)),
+        "EMAIL_USE_SSL": bool(config.get("EMAIL_USE_SSL", False)),
+        "EMAIL_FILE_PATH": config["EMAIL_FILE_PATH"] or None,
+    }
 
 
 def parse_positive_int(raw: str) -> int:
@@ -283,6 +331,47 @@ VARIABLES: dict[str, Variable] = {
             "choose-a-long-password",
             _text,
             default="",
+            secret=True,
+        ),
+        Variable(
+            "PGWARDEN_HEALTH_RETENTION_DAYS",
+            "Days of health-check history kept; an hourly task deletes older rows.",
+            "7",
+            parse_positive_int,
+            default="7",
+        ),
+        Variable(
+            "PGWARDEN_ALERT_WEBHOOK_URL",
+            "When set, every alert raised or cleared is POSTed there as JSON (2 s timeout, "
+            "failures logged). Blank: no webhook.",
+            "https://hooks.example.com/pgwarden",
+            optional(parse_webhook_url),
+            default="",
+            # Webhook URLs often carry their token in the path or query.
+            secret=True,
+        ),
+        Variable(
+            "PGWARDEN_ALERT_EMAILS",
+            "Comma-separated addresses that receive every alert by email (Django's "
+            "mail_admins, sent through EMAIL_URL). Blank: no email.",
+            "dba@example.com,oncall@example.com",
+            parse_email_addresses,
+            default="",
+        ),
+        Variable(
+            "PGWARDEN_ALERT_EMAIL_FROM",
+            "Sender address of alert emails.",
+            "pgwarden@example.com",
+            parse_email_address,
+            default="pgwarden@localhost",
+        ),
+        Variable(
+            "EMAIL_URL",
+            "How to send email: smtp://host:25, smtp+tls://user:password@host:587 "
+            "(STARTTLS), smtp+ssl://user:password@host:465, or consolemail:// (print it).",
+            "smtp+tls://alerts:secret@smtp.example.com:587",
+            parse_email_url,
+            default="smtp://localhost:25",
             secret=True,
         ),
     ]

@@ -115,7 +115,40 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(PGWARDEN_VAR_DIR / "celerybeat-schedule")
-CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
+# The dispatcher starts each cluster's sweep when its check_interval_s has elapsed (claimed
+# in Redis, so a restarted or second beat never doubles one). A tick still queued when the
+# next is due is dropped (expires), not run late.
+CELERY_BEAT_SCHEDULE: dict[str, dict] = {
+    "dispatch-sweeps": {
+        "task": "endpoints.dispatch_sweeps",
+        "schedule": 1.0,
+        "options": {"expires": 1.0},
+    },
+    "prune-health-checks": {
+        "task": "endpoints.prune_health_checks",
+        "schedule": 3600.0,
+        "options": {"expires": 600.0},
+    },
+}
+PGWARDEN_HEALTH_RETENTION_DAYS = env.read("PGWARDEN_HEALTH_RETENTION_DAYS")
+
+# Alerts: always logged; emailed to ADMINS (mail_admins) and POSTed to the webhook when set.
+PGWARDEN_ALERT_WEBHOOK_URL = env.read("PGWARDEN_ALERT_WEBHOOK_URL")
+ADMINS = [(address, address) for address in env.read("PGWARDEN_ALERT_EMAILS")]
+SERVER_EMAIL = DEFAULT_FROM_EMAIL = env.read("PGWARDEN_ALERT_EMAIL_FROM")
+EMAIL_SUBJECT_PREFIX = "[pgwarden] "
+_email = env.read("EMAIL_URL")
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_HOST = _email["EMAIL_HOST"]
+EMAIL_PORT = _email["EMAIL_PORT"]
+EMAIL_HOST_USER = _email["EMAIL_HOST_USER"]
+EMAIL_HOST_PASSWORD = _email["EMAIL_HOST_PASSWORD"]
+EMAIL_USE_TLS = _email["EMAIL_USE_TLS"]
+EMAIL_USE_SSL = _email["EMAIL_USE_SSL"]
+if _email["EMAIL_FILE_PATH"]:
+    EMAIL_FILE_PATH = _email["EMAIL_FILE_PATH"]
+# Alert mail is sent on a background thread; a mail server that hangs must not pile them up.
+EMAIL_TIMEOUT = 10
 
 LOG_LEVEL = env.read("LOG_LEVEL")
 LOGGING = {

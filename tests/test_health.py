@@ -1,18 +1,135 @@
-"""endpoints.health: a sweep against the real cluster records lag, recovery and failures."""
+"""endpoints.health: sweeps against the real cluster record lag, recovery, failures and roles.
+
+A hung endpoint is a real TCP listener that never answers (``silent_port``); automatic
+failover and write refusal are reached through ``endpoints.failover``, replaced here by a
+recording stand-in so that no test promotes or fences the shared cluster's servers.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
+import threading
 import time
+import types
+from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
 
-from endpoints.health import next_state, replication_lag_bytes, sweep
+import endpoints
+from endpoints import routing, topology
+from endpoints.health import (
+    Observation,
+    next_state,
+    observe,
+    replication_lag_bytes,
+    routing_relevant_change,
+    sweep,
+    sweep_was_starved,
+)
 from endpoints.localcluster import LocalPostgresCluster
-from endpoints.models import Cluster, Endpoint, HealthCheck, State
+from endpoints.models import Alert, Cluster, Endpoint, HealthCheck, Role, State
 from endpoints.probe import ProbeResult
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+# Generous: CI machines have 2 cores and may be busy.
+MARGIN_S = 1.0
+
+
+def add_endpoint(
+    cluster: Cluster,
+    name: str,
+    port: int,
+    *,
+    role: str = Role.REPLICA,
+    state: str = State.UNKNOWN,
+    user: str | None = None,
+    password: str | None = None,
+) -> Endpoint:
+    """An endpoint with the local cluster's credentials (or ``user``/``password``)."""
+    template = cluster.endpoints.get(role=Role.PRIMARY) if cluster.endpoints.exists() else None
+    endpoint = Endpoint(
+        cluster=cluster,
+        name=name,
+        host="127.0.0.1",
+        port=port,
+        role=role,
+        sslmode="disable",
+        dbname=template.dbname if template else "postgres",
+        user=user or (template.user if template else "postgres"),
+        password_encrypted=template.password_encrypted if template else "",
+    )
+    if password is not None:
+        endpoint.set_password(password)
+    endpoint.save()
+    if state != State.UNKNOWN:
+        Endpoint.objects.filter(pk=endpoint.pk).update(state=state)
+    return endpoint
+
+
+def configure(cluster: Cluster, **fields: Any) -> Cluster:
+    Cluster.objects.filter(pk=cluster.pk).update(**fields)
+    cluster.refresh_from_db()
+    return cluster
+
+
+def timed_sweep(cluster: Cluster) -> tuple[dict[str, Observation], float]:
+    started = time.monotonic()
+    observations = sweep(cluster)
+    return {o.endpoint.name: o for o in observations}, time.monotonic() - started
+
+
+class FailoverStandIn:
+    """Records the calls a sweep makes to endpoints.failover."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.primary_down: list[str] = []
+        self.refused: list[str] = []
+        self.error = error
+        self.module = types.ModuleType("endpoints.failover")
+        self.module.on_primary_down = self.on_primary_down  # type: ignore[attr-defined]
+        self.module.refuse_writes = self.refuse_writes  # type: ignore[attr-defined]
+
+    def on_primary_down(self, cluster: Cluster) -> None:
+        self.primary_down.append(cluster.name)
+        if self.error:
+            raise self.error
+
+    def refuse_writes(self, endpoint: Endpoint) -> None:
+        self.refused.append(endpoint.name)
+        if self.error:
+            raise self.error
+
+
+def replace_failover_module(monkeypatch: pytest.MonkeyPatch, module: object) -> None:
+    # Both: `from endpoints import failover` reads the package attribute once the real
+    # module was imported, sys.modules before that.
+    monkeypatch.setitem(sys.modules, "endpoints.failover", module)
+    monkeypatch.setattr(endpoints, "failover", module, raising=False)
+
+
+@pytest.fixture
+def failover(monkeypatch: pytest.MonkeyPatch) -> FailoverStandIn:
+    stand_in = FailoverStandIn()
+    replace_failover_module(monkeypatch, stand_in.module)
+    return stand_in
+
+
+@pytest.fixture
+def pgwarden_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    # The "pgwarden" logger does not propagate to the root logger caplog listens on.
+    logger = logging.getLogger("pgwarden")
+    logger.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
+# What a sweep records
 
 
 def test_a_sweep_records_recovery_latency_and_zero_lag_when_caught_up(
@@ -28,16 +145,26 @@ def test_a_sweep_records_recovery_latency_and_zero_lag_when_caught_up(
     assert primary.state == State.HEALTHY
     assert primary.in_recovery is False
     assert primary.replication_lag_s is None
+    assert primary.wal_lsn == observations["primary"].result.wal_lsn
     assert replica.in_recovery is True
     assert replica.last_latency_ms is not None
     assert replica.last_latency_ms > 0
     assert replica.replication_lag_s == 0.0  # an idle primary: nothing to replay
-    assert HealthCheck.objects.filter(endpoint__cluster=local_cluster).count() == 3
+    assert replica.replication_lag_bytes is not None  # bytes behind: racy on a live primary
+    assert replica.wal_lsn is not None
+    assert not primary.role_mismatch
+    assert not replica.role_mismatch
+    assert primary.health_score is not None
+    assert primary.health_score >= 90
+    checks = HealthCheck.objects.filter(endpoint__cluster=local_cluster)
+    assert checks.count() == 3
+    assert all(check.score is not None and check.score >= 90 for check in checks)
 
 
-def test_paused_replay_shows_as_lag_in_seconds_and_bytes(
+def test_paused_replay_shows_as_lag_and_over_the_bound_degrades_the_replica(
     local_cluster: Cluster, pg_cluster: LocalPostgresCluster
 ) -> None:
+    configure(local_cluster, max_replica_lag_s=1.0)
     with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as primary:
         primary.execute("CREATE TABLE IF NOT EXISTS health_t (v int)")  # a replayed commit
     pg_cluster.wait_for_replay()
@@ -46,32 +173,372 @@ def test_paused_replay_shows_as_lag_in_seconds_and_bytes(
         try:
             with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as primary:
                 primary.execute("INSERT INTO health_t SELECT generate_series(1, 1000)")
-            time.sleep(1.2)
+            time.sleep(1.5)
             observed = {o.endpoint.name: o for o in sweep(local_cluster)}
             lagging = observed["replica2"]
             assert lagging.result.replay_lag_s is not None
             assert lagging.result.replay_lag_s > 1.0
             assert lagging.lag_bytes is not None
             assert lagging.lag_bytes > 0
+            assert lagging.state == State.DEGRADED
+            assert lagging.score <= 60
+            assert observed["replica1"].state == State.HEALTHY
+            stored = Endpoint.objects.get(pk=lagging.endpoint.pk)
+            assert (stored.state, stored.health_score) == (State.DEGRADED, lagging.score)
+            alert = Alert.objects.get(cluster=local_cluster, cleared_at__isnull=True)
+            assert alert.key == f"replica_lag:{stored.pk}"
+            assert "replica2 lags" in alert.message
         finally:
             replica.execute("SELECT pg_wal_replay_resume()")
     pg_cluster.wait_for_replay()
+    observed = {o.endpoint.name: o for o in sweep(local_cluster)}
+    assert observed["replica2"].state == State.HEALTHY
+    assert not Alert.objects.filter(cluster=local_cluster, cleared_at__isnull=True).exists()
+
+
+def test_a_probe_slower_than_the_degraded_latency_degrades_the_endpoint(
+    local_cluster: Cluster,
+) -> None:
+    configure(local_cluster, degraded_latency_ms=0.001)
+
+    observations = sweep(local_cluster)
+
+    assert {o.state for o in observations} == {State.DEGRADED}
+    assert {o.score for o in observations} == {70}
+
+
+# Failures and hung endpoints
 
 
 def test_an_unreachable_endpoint_goes_down_after_the_failure_threshold(
     local_cluster: Cluster, closed_port: int
 ) -> None:
-    Cluster.objects.filter(pk=local_cluster.pk).update(failure_threshold=2)
-    local_cluster.refresh_from_db()
+    configure(local_cluster, failure_threshold=2)
     Endpoint.objects.filter(cluster=local_cluster, name="replica1").update(port=closed_port)
     sweep(local_cluster)
     replica = Endpoint.objects.get(cluster=local_cluster, name="replica1")
     assert replica.consecutive_failures == 1
     assert replica.state != State.DOWN
+    assert replica.health_score == 0
     assert "refused" in replica.last_error or "failed" in replica.last_error
     sweep(local_cluster)
     replica.refresh_from_db()
     assert replica.state == State.DOWN
+
+
+def test_a_hung_endpoint_costs_one_probe_timeout_and_goes_down_while_the_others_answer(
+    local_cluster: Cluster, silent_port: int
+) -> None:
+    configure(local_cluster, probe_timeout_s=1.0, failure_threshold=2, connect_timeout_s=10)
+    hung = add_endpoint(local_cluster, "hung", silent_port)
+
+    for sweep_number in (1, 2):
+        observed, elapsed = timed_sweep(local_cluster)
+
+        # The probe timeout bounds it, not the (longer) connect timeout, and the hung
+        # endpoint is probed beside the others, not before or after them.
+        assert 1.0 <= elapsed < 1.0 + MARGIN_S, elapsed
+        assert set(observed) == {"primary", "replica1", "replica2", "hung"}
+        assert not observed["hung"].result.ok
+        assert f"no answer from 127.0.0.1:{silent_port} within 1 s" in observed["hung"].result.error
+        for name in ("primary", "replica1", "replica2"):
+            assert observed[name].result.ok, observed[name].result.error
+            assert observed[name].state == State.HEALTHY
+        assert observed["hung"].consecutive_failures == sweep_number
+    hung.refresh_from_db()
+    assert (hung.state, hung.consecutive_failures, hung.health_score) == (State.DOWN, 2, 0)
+    assert HealthCheck.objects.filter(endpoint__cluster=local_cluster).count() == 8
+    assert HealthCheck.objects.filter(endpoint=hung, ok=False, score=0).count() == 2
+
+
+def test_many_hung_endpoints_still_cost_one_probe_timeout(
+    local_cluster: Cluster, silent_port: int
+) -> None:
+    configure(local_cluster, probe_timeout_s=1.0)
+    for index in range(6):
+        add_endpoint(local_cluster, f"hung{index}", silent_port)
+
+    observed, elapsed = timed_sweep(local_cluster)
+
+    assert 1.0 <= elapsed < 1.0 + MARGIN_S, elapsed
+    assert sum(o.result.ok for o in observed.values()) == 3
+
+
+def test_a_sweep_never_unfences_an_endpoint_fenced_while_it_was_probed(
+    local_cluster: Cluster, silent_port: int
+) -> None:
+    # The hung endpoint keeps the sweep busy for one probe timeout; meanwhile a failover
+    # (here: an UPDATE) fences replica1, which the sweep loaded as healthy.
+    configure(local_cluster, probe_timeout_s=1.0)
+    add_endpoint(local_cluster, "hung", silent_port)
+    sweep(local_cluster)
+    fence = threading.Timer(
+        0.3,
+        lambda: Endpoint.objects.filter(cluster=local_cluster, name="replica1").update(
+            state=State.FENCED
+        ),
+    )
+    fence.start()
+    sweep(local_cluster)
+    fence.join()
+
+    replica = Endpoint.objects.get(cluster=local_cluster, name="replica1")
+    assert replica.state == State.FENCED
+    observed = {o.endpoint.name: o for o in sweep(local_cluster)}
+    assert observed["replica1"].state == State.FENCED
+    replica.refresh_from_db()
+    assert replica.state == State.FENCED
+
+
+# Roles
+
+
+def test_an_endpoint_whose_recovery_contradicts_its_role_is_flagged_and_not_read_from(
+    local_cluster: Cluster, pg_cluster: LocalPostgresCluster, redis_server: Any
+) -> None:
+    configure(local_cluster, read_preference="secondary")
+    impostor = add_endpoint(local_cluster, "impostor", pg_cluster.primary.port)
+
+    observed = {o.endpoint.name: o for o in sweep(local_cluster)}
+
+    assert observed["impostor"].role_mismatch
+    assert not any(o.role_mismatch for name, o in observed.items() if name != "impostor")
+    impostor.refresh_from_db()
+    assert (impostor.role_mismatch, impostor.in_recovery) == (True, False)
+    alert = Alert.objects.get(cluster=local_cluster, key=f"role_mismatch:{impostor.pk}")
+    assert alert.severity == Alert.Severity.CRITICAL
+    assert "registered as a replica but not in recovery" in alert.message
+    routing.reset_router()
+    try:
+        served = {routing.execute("local", "SELECT 1").endpoint for _ in range(30)}
+    finally:
+        routing.reset_router()
+    assert served == {"replica1", "replica2"}
+
+
+def test_a_registered_primary_in_recovery_is_flagged(
+    db: None, pg_cluster: LocalPostgresCluster
+) -> None:
+    swapped = Cluster.objects.create(name="swapped", auto_failover=False)
+    # Registered the wrong way round: the "primary" is a replica and vice versa.
+    for name, role, node in (("a", Role.PRIMARY, "replica1"), ("b", Role.REPLICA, "primary")):
+        add_endpoint(
+            swapped,
+            name,
+            pg_cluster.node(node).port,
+            role=role,
+            user=pg_cluster.user,
+            password=pg_cluster.password,
+        )
+    Endpoint.objects.filter(cluster=swapped).update(dbname=pg_cluster.dbname)
+
+    observed = {o.endpoint.name: o for o in sweep(swapped)}
+
+    assert observed["a"].role_mismatch
+    assert observed["b"].role_mismatch
+    messages = sorted(Alert.objects.filter(cluster=swapped).values_list("message", flat=True))
+    assert any("registered as primary but in recovery" in m for m in messages), messages
+    assert any("registered as a replica but not in recovery" in m for m in messages), messages
+
+
+# Reactions: failover and split brain
+
+
+def test_a_primary_down_for_the_threshold_hands_over_to_failover_on_every_sweep(
+    local_cluster: Cluster, closed_port: int, failover: FailoverStandIn
+) -> None:
+    configure(local_cluster, failure_threshold=2, auto_failover=True)
+    Endpoint.objects.filter(cluster=local_cluster, name="primary").update(port=closed_port)
+
+    sweep(local_cluster)
+    assert failover.primary_down == []
+    sweep(local_cluster)
+    assert failover.primary_down == ["local"]
+    sweep(local_cluster)
+    assert failover.primary_down == ["local", "local"]
+    alert = Alert.objects.get(cluster=local_cluster, key="primary_down")
+    assert "automatic failover is starting" in alert.message
+
+
+def test_without_automatic_failover_a_down_primary_only_alerts(
+    local_cluster: Cluster, closed_port: int, failover: FailoverStandIn
+) -> None:
+    configure(local_cluster, failure_threshold=1, auto_failover=False)
+    Endpoint.objects.filter(cluster=local_cluster, name="primary").update(port=closed_port)
+
+    sweep(local_cluster)
+
+    assert failover.primary_down == []
+    alert = Alert.objects.get(cluster=local_cluster, key="primary_down")
+    assert "manage.py failover local" in alert.message
+
+
+@pytest.mark.parametrize("module", ["missing", "raising"])
+def test_a_missing_or_failing_failover_module_is_logged_and_the_sweep_goes_on(
+    local_cluster: Cluster,
+    closed_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    pgwarden_logs: pytest.LogCaptureFixture,
+    module: str,
+) -> None:
+    configure(local_cluster, failure_threshold=1, auto_failover=True)
+    Endpoint.objects.filter(cluster=local_cluster, name="primary").update(port=closed_port)
+    if module == "missing":
+        # None in sys.modules makes the import fail as a module that is not there would.
+        monkeypatch.setitem(sys.modules, "endpoints.failover", None)
+        monkeypatch.delattr(endpoints, "failover", raising=False)
+    else:
+        stand_in = FailoverStandIn(error=RuntimeError("promotion went wrong"))
+        replace_failover_module(monkeypatch, stand_in.module)
+
+    observations = sweep(local_cluster)
+
+    assert len(observations) == 3
+    assert HealthCheck.objects.filter(endpoint__cluster=local_cluster).count() == 3
+    errors = [r for r in pgwarden_logs.records if r.levelno == logging.ERROR]
+    assert any("automatic failover of cluster local failed" in r.message for r in errors)
+
+
+@pytest.fixture
+def read_only_role(pg_cluster: LocalPostgresCluster) -> Iterator[tuple[str, str]]:
+    """A login role whose sessions default to read-only: a primary that refused writes."""
+    name, password = "fenced_probe", "fenced-probe-password-1"
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {name}")
+        conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+        conn.execute(f"ALTER ROLE {name} SET default_transaction_read_only = on")
+    yield name, password
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+def test_a_fenced_endpoint_answering_as_a_writable_primary_is_split_brain(
+    local_cluster: Cluster,
+    pg_cluster: LocalPostgresCluster,
+    failover: FailoverStandIn,
+    read_only_role: tuple[str, str],
+) -> None:
+    # An old primary, fenced after a failover, back up and not in recovery.
+    old = add_endpoint(local_cluster, "old-primary", pg_cluster.primary.port, state=State.FENCED)
+
+    for _ in range(3):
+        observed = {o.endpoint.name: o for o in sweep(local_cluster)}
+        assert observed["old-primary"].state == State.FENCED
+        assert observed["old-primary"].writable_while_fenced
+
+    # Write refusal is asked for on every sweep until it holds; one alert, no storm.
+    assert failover.refused == ["old-primary"] * 3
+    [alert] = Alert.objects.filter(cluster=local_cluster, cleared_at__isnull=True)
+    assert (alert.key, alert.kind) == (f"split_brain:{old.pk}", Alert.Kind.SPLIT_BRAIN)
+    assert alert.severity == Alert.Severity.CRITICAL
+    assert "pgwarden makes it refuse writes" in alert.message
+    old.refresh_from_db()
+    assert old.state == State.FENCED
+
+    # Once it refuses writes (its sessions default to read-only), it is left alone.
+    role, password = read_only_role
+    old.user = role
+    old.set_password(password)
+    old.save()
+    sweep(local_cluster)
+    assert failover.refused == ["old-primary"] * 3
+    assert Alert.objects.filter(cluster=local_cluster, cleared_at__isnull=True).count() == 1
+
+
+def test_split_brain_without_write_refusal_alerts_only(
+    local_cluster: Cluster, pg_cluster: LocalPostgresCluster, failover: FailoverStandIn
+) -> None:
+    configure(local_cluster, fence_writes=False)
+    add_endpoint(local_cluster, "old-primary", pg_cluster.primary.port, state=State.FENCED)
+
+    sweep(local_cluster)
+
+    assert failover.refused == []
+    alert = Alert.objects.get(cluster=local_cluster, kind=Alert.Kind.SPLIT_BRAIN)
+    assert "make it refuse writes or stop it" in alert.message
+
+
+# Topology notices
+
+
+def test_the_topology_version_moves_only_when_routing_relevant_status_changes(
+    local_cluster: Cluster, redis_server: Any
+) -> None:
+    client = topology.redis_client()
+
+    def version() -> int:
+        return int(client.get(topology.VERSION_KEY) or 0)
+
+    before = version()
+    sweep(local_cluster)  # unknown -> healthy
+    assert version() > before
+    before = version()
+    sweep(local_cluster)
+    sweep(local_cluster)
+    assert version() == before, "an unchanged cluster must not make every process reload"
+    configure(local_cluster, degraded_latency_ms=0.001)
+    sweep(local_cluster)  # healthy -> degraded
+    assert version() > before
+
+
+def test_routing_relevant_change_rules() -> None:
+    cluster = Cluster(name="c", max_replica_lag_s=10.0)
+    endpoint = Endpoint(
+        cluster=cluster,
+        name="r",
+        role=Role.REPLICA,
+        state=State.HEALTHY,
+        in_recovery=True,
+        replication_lag_s=1.0,
+        health_score=95,
+    )
+    answer = ProbeResult(ok=True, in_recovery=True, replay_lag_s=1.0, latency_ms=3.0)
+
+    def changed(result: ProbeResult = answer, **derived: Any) -> bool:
+        values: dict[str, Any] = {"state": State.HEALTHY, "score": 95, "role_mismatch": False}
+        values.update(derived)
+        return routing_relevant_change(Observation(endpoint, result, 0, **values), 10.0)
+
+    assert not changed()
+    assert not changed(score=88)  # jitter
+    assert changed(score=85)
+    assert changed(state=State.DEGRADED)
+    assert changed(role_mismatch=True)
+    assert changed(ProbeResult(ok=True, in_recovery=False))
+    assert not changed(ProbeResult(ok=True, in_recovery=True, replay_lag_s=9.0))
+    assert changed(ProbeResult(ok=True, in_recovery=True, replay_lag_s=11.0))
+    endpoint.health_score = None
+    assert changed()
+
+
+def test_a_sweep_whose_probes_overran_their_deadline_was_starved() -> None:
+    assert not sweep_was_starved(2.0, 2.0)
+    assert not sweep_was_starved(2.49, 2.0)  # scheduling noise on a busy machine
+    assert sweep_was_starved(2.6, 2.0)
+    assert not sweep_was_starved(12.4, 10.0)  # a quarter of a long timeout is noise too
+    assert sweep_was_starved(12.6, 10.0)
+
+
+def test_a_starved_sweep_records_failed_probes_without_counting_them() -> None:
+    cluster = Cluster(name="c", failure_threshold=3)
+    endpoint = Endpoint(
+        cluster=cluster, name="e", role=Role.PRIMARY, state=State.HEALTHY, consecutive_failures=2
+    )
+    failed = ProbeResult(ok=False, error="no answer from 10.0.0.1:5432 within 2 s")
+
+    counted = observe(cluster, endpoint, failed, None)
+    starved = observe(cluster, endpoint, failed, None, count_failure=False)
+
+    assert (counted.consecutive_failures, counted.state) == (3, State.DOWN)
+    assert (starved.consecutive_failures, starved.state) == (2, State.HEALTHY)
+    assert starved.score == 0
+    answered = observe(
+        cluster, endpoint, ProbeResult(ok=True, in_recovery=False), None, count_failure=False
+    )
+    assert (answered.consecutive_failures, answered.state) == (0, State.HEALTHY)
+
+
+# Pure helpers kept from the first sweep
 
 
 def test_state_rules_keep_fenced_endpoints_fenced() -> None:

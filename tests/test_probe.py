@@ -139,6 +139,28 @@ def test_check_endpoints_probes_concurrently(silent_port: int) -> None:
     assert elapsed < 2.5
 
 
+@pytest.mark.django_db
+def test_check_endpoints_with_a_timeout_bounds_each_probe_by_it(silent_port: int) -> None:
+    # A sweep passes the cluster's probe timeout: it wins over the (longer) connect timeout,
+    # fractions of a second included.
+    endpoints = _silent_cluster("hung", [silent_port] * 3, timeout_s=10)
+
+    started = time.monotonic()
+    results = check_endpoints(endpoints, timeout_s=1.5)
+    elapsed = time.monotonic() - started
+
+    assert all("within 1.5 s" in result.error for _, result in results)
+    assert 1.5 <= elapsed < 1.5 + MARGIN_S
+
+
+def test_probe_reports_whether_new_sessions_default_to_read_only(
+    pg_cluster: LocalPostgresCluster,
+) -> None:
+    result = probe(_info(pg_cluster), timeout_s=5)
+
+    assert result.read_only is False
+
+
 def test_check_endpoint_uses_the_registry_settings(local_cluster: Cluster) -> None:
     results = {
         endpoint.name: result
