@@ -102,6 +102,9 @@ class _ClusterState:
     ports: dict[str, int]
     # Nodes whose creation finished; a node missing here is (re)created from scratch.
     initialized: list[str] = field(default_factory=list)
+    # The node replicas are cloned from, recorded by a rebuild after a failover; empty
+    # means the first node of ``ports``.
+    primary_node: str = ""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -291,17 +294,20 @@ class LocalPostgresCluster:
 
     @property
     def nodes(self) -> list[LocalNode]:
+        """Every node, the primary first (so it is started before, and stopped after, the rest)."""
         state = self._require_state()
+        primary = state.primary_node or next(iter(state.ports))
+        names = [primary, *(name for name in state.ports if name != primary)]
         return [
             LocalNode(
                 name=name,
-                role="primary" if index == 0 else "replica",
+                role="primary" if name == primary else "replica",
                 host=state.host,
-                port=port,
+                port=state.ports[name],
                 data_dir=self.base_dir / name,
                 log_file=self.base_dir / "log" / f"{name}.log",
             )
-            for index, (name, port) in enumerate(state.ports.items())
+            for name in names
         ]
 
     @property
@@ -424,6 +430,82 @@ class LocalPostgresCluster:
                             "(see pg_stat_replication on the primary)",
                         )
                     time.sleep(0.05)
+
+    def start_node(self, node: LocalNode | str, *, timeout_s: float = 60.0) -> None:
+        """Start one node if it is not running, as its data directory is.
+
+        A former primary killed before a failover comes back as a writable primary: that is
+        the split brain that fencing (``endpoints.failover.refuse_writes``) and a rebuild handle.
+        """
+        target = self.node(node) if isinstance(node, str) else node
+        with self._locked():
+            if not self._pg_status(target)[0]:
+                self._pg_start(target, timeout_s)
+
+    def kill_node(self, node: LocalNode | str) -> int:
+        """SIGKILL ``node``'s postmaster, as a crash would; returns its pid.
+
+        Its backends notice the postmaster's death and exit on their own a moment later; the
+        listening socket closes at once, so new connections are refused from now on.
+        """
+        target = self.node(node) if isinstance(node, str) else node
+        running, pid = self._pg_status(target)
+        if not running or pid is None:
+            raise self._node_error(target, "is not running: nothing to kill")
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _process_alive(pid):
+            if time.monotonic() > deadline:
+                raise self._node_error(target, f"postmaster {pid} survived SIGKILL for 10 s")
+            time.sleep(0.01)
+        return pid
+
+    def rebuild_as_replica(
+        self, node: LocalNode | str, primary: LocalNode | str, *, timeout_s: float = 120.0
+    ) -> None:
+        """Replace ``node``'s data with a fresh copy of ``primary`` and run it as its replica.
+
+        This is how a fenced former primary rejoins after a failover. A fresh
+        ``pg_basebackup -R`` (rather than ``pg_rewind``) works whatever the old node did on
+        its own timeline, and these clusters are small. Everything in ``node``'s data
+        directory is discarded, including writes it accepted after it was fenced.
+
+        ``primary`` must be running and out of recovery; it is recorded as the cluster's
+        primary, so later ``start()`` calls clone any missing node from it and start it first.
+        Until a rebuild, the cluster still calls the old primary its primary: ``start()``
+        restarts it as it is (a writable primary, fenced in the registry) and, as always,
+        never recreates a node that exists.
+        """
+        target = self.node(node) if isinstance(node, str) else node
+        source = self.node(primary) if isinstance(primary, str) else primary
+        if target.name == source.name:
+            raise LocalClusterError(f"cannot rebuild {target.name} as a replica of itself")
+        with self._locked():
+            state = self._require_state()
+            self._check_serves_writes(source)
+            if self._pg_status(target)[0]:
+                self._pg_stop(target, mode="immediate", timeout_s=60.0)
+            self._wait_for_old_processes(target)
+            # Recorded before the data goes: if the copy is interrupted, start() creates the
+            # node again from scratch, cloned from the new primary.
+            state.primary_node = source.name
+            if target.name in state.initialized:
+                state.initialized.remove(target.name)
+            self._save_state(state)
+            if target.data_dir.exists():
+                shutil.rmtree(target.data_dir)
+            self._create_node(self.node(target.name), timeout_s)
+
+    def _check_serves_writes(self, node: LocalNode) -> None:
+        try:
+            with self._connect_superuser(node) as conn:
+                in_recovery = bool(_scalar(conn, "SELECT pg_is_in_recovery()"))
+        except psycopg.Error as exc:
+            raise self._node_error(node, f"cannot be cloned from: {exc}") from None
+        if in_recovery:
+            raise self._node_error(
+                node, "is in recovery (a replica); rebuild from the current primary instead"
+            )
 
     def _create_node(self, node: LocalNode, timeout_s: float) -> None:
         self._discard_partial_node(node)

@@ -1,0 +1,758 @@
+"""endpoints.failover: the candidate decision (pure), then failovers of real clusters.
+
+Every test that fails over gets a PostgreSQL cluster of its own (a primary and two
+replicas, about 2 s to create): a failover changes which server is primary, so the
+session's shared ``pg_cluster`` is never touched here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+from endpoints import failover, routing
+from endpoints.failover import (
+    CandidateState,
+    FailoverInProgress,
+    FailoverPlan,
+    NotReadmittable,
+    PrimaryUnavailable,
+    UnknownEndpoint,
+    choose_failover_candidate,
+    format_lsn,
+)
+from endpoints.localcluster import LocalPostgresCluster, LocalRedis, parse_lsn
+from endpoints.localstack import register_local_cluster
+from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, Role, State
+from tests.conftest import ROOT, run_manage
+
+MiB = 1024 * 1024
+
+# The pure decision
+
+
+def replica(name: str, **overrides: Any) -> CandidateState:
+    fields: dict[str, Any] = {
+        "name": name,
+        "enabled": True,
+        "answered": True,
+        "in_recovery": True,
+        "fenced": False,
+        "wal_lsn": 1000,
+        "received_lsn": 1000,
+        "lag_bytes": None,
+        "promotion_priority": 0,
+        "weight": 100,
+    }
+    fields.update(overrides)
+    return CandidateState(**fields)
+
+
+def choose(*replicas: CandidateState, max_lag: int = MiB, **kwargs: Any) -> FailoverPlan:
+    return choose_failover_candidate(list(replicas), max_lag, **kwargs)
+
+
+def test_the_replica_with_the_most_wal_replayed_wins() -> None:
+    plan = choose(replica("a", wal_lsn=900), replica("b", wal_lsn=1000), replica("c", wal_lsn=950))
+    assert plan.candidate == "b"
+    assert plan.ranking == ("b", "c", "a")
+    assert plan.excluded == {}
+    assert plan.lag_bytes == {"a": 100, "b": 0, "c": 50}
+    assert plan.candidate_lag_bytes == 0
+    assert "b has the most WAL replayed" in plan.reason
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "winner", "explained"),
+    [
+        ({"promotion_priority": 1}, {"promotion_priority": 5}, "b", "higher promotion priority"),
+        ({"weight": 100}, {"weight": 10}, "a", "higher weight"),
+        ({"weight": 100, "promotion_priority": 0}, {"weight": 1, "promotion_priority": 2}, "b", ""),
+        ({}, {}, "a", "first by name"),
+    ],
+)
+def test_ties_on_wal_go_to_priority_then_weight_then_name(
+    a: dict[str, Any], b: dict[str, Any], winner: str, explained: str
+) -> None:
+    plan = choose(replica("b", **b), replica("a", **a))
+    assert plan.candidate == winner
+    assert explained in plan.reason
+
+
+def test_more_wal_beats_a_higher_priority_and_weight() -> None:
+    plan = choose(
+        replica("favourite", wal_lsn=990, promotion_priority=100, weight=1000),
+        replica("current", wal_lsn=1000),
+    )
+    assert plan.candidate == "current"
+    assert "tied" not in plan.reason
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ({"enabled": False}, "disabled"),
+        ({"fenced": True}, "fenced"),
+        ({"answered": False, "error": "connection refused"}, "did not answer (connection refused)"),
+        ({"answered": False}, "did not answer"),
+        ({"in_recovery": False}, "not in recovery"),
+        ({"wal_lsn": None, "received_lsn": None}, "WAL position is unknown"),
+        ({"wal_lsn": 1000 - MiB - 1}, "over the cluster's max failover lag"),
+    ],
+)
+def test_ineligible_replicas_are_excluded_with_the_reason(
+    overrides: dict[str, Any], why: str
+) -> None:
+    plan = choose(replica("bad", **overrides), replica("good", wal_lsn=1000))
+    assert plan.candidate == "good"
+    assert plan.ranking == ("good",)
+    assert why in plan.excluded["bad"]
+
+
+def test_a_lag_of_exactly_the_bound_is_still_eligible() -> None:
+    plan = choose(
+        replica("edge", wal_lsn=0, received_lsn=0),
+        replica("x", enabled=False, wal_lsn=MiB, received_lsn=MiB),
+    )
+    assert plan.candidate == "edge"
+    assert plan.candidate_lag_bytes == MiB
+
+
+def test_lag_counts_from_the_primarys_last_known_position_when_it_is_highest() -> None:
+    plan = choose(replica("a", wal_lsn=1000, received_lsn=1000), primary_lsn=1000 + 2 * MiB)
+    assert plan.candidate is None
+    assert plan.reference_lsn == 1000 + 2 * MiB
+    assert f"{2 * MiB} bytes behind" in plan.excluded["a"]
+    assert "no replica qualifies (a: " in plan.reason
+
+
+def test_wal_received_but_not_replayed_shows_how_far_the_primary_got() -> None:
+    # Replay paused: the replica received 2 MiB it has not replayed; with the old primary
+    # gone that received WAL is the only evidence, and the replica must not be promoted.
+    paused = replica("paused", wal_lsn=1000, received_lsn=1000 + 2 * MiB)
+    plan = choose(paused)
+    assert plan.candidate is None
+    assert plan.lag_bytes == {"paused": 2 * MiB}
+    # Another replica's received WAL counts just as much.
+    plan = choose(
+        replica("a", wal_lsn=1000, received_lsn=1000),
+        replica("b", enabled=False, wal_lsn=5, received_lsn=1000 + 2 * MiB),
+    )
+    assert plan.candidate is None
+    assert "over the cluster's max failover lag" in plan.excluded["a"]
+
+
+def test_positions_of_replicas_that_did_not_answer_or_are_not_in_recovery_do_not_count() -> None:
+    plan = choose(
+        replica("a", wal_lsn=1000),
+        replica("silent", answered=False, wal_lsn=10 * MiB, received_lsn=10 * MiB),
+        replica("rogue", in_recovery=False, wal_lsn=20 * MiB, received_lsn=None),
+    )
+    assert plan.candidate == "a"
+    assert plan.reference_lsn == 1000
+
+
+def test_a_lag_measured_elsewhere_counts_when_it_is_larger() -> None:
+    plan = choose(replica("a", lag_bytes=2 * MiB), replica("b", wal_lsn=999))
+    assert plan.candidate == "b"
+    assert plan.lag_bytes["a"] == 2 * MiB
+
+
+def test_to_forces_an_eligible_replica_even_if_it_is_not_the_best() -> None:
+    plan = choose(replica("best", wal_lsn=1000), replica("chosen", wal_lsn=990), to="chosen")
+    assert plan.candidate == "chosen"
+    assert plan.ranking == ("best", "chosen")
+    assert plan.reason.startswith("chosen as requested")
+
+
+def test_to_an_ineligible_replica_promotes_nothing_and_says_why() -> None:
+    plan = choose(replica("best"), replica("off", enabled=False), to="off")
+    assert plan.candidate is None
+    assert plan.reason == "off was requested but cannot be promoted: disabled"
+
+
+def test_to_an_unknown_name_promotes_nothing() -> None:
+    plan = choose(replica("a"), to="nope")
+    assert plan.candidate is None
+    assert plan.reason == "nope is not a replica of this cluster"
+
+
+def test_without_replicas_nothing_is_promoted() -> None:
+    plan = choose()
+    assert plan.candidate is None
+    assert plan.reason == "the cluster has no replica"
+    assert plan.ranking == ()
+
+
+def test_when_nothing_qualifies_every_replica_is_explained() -> None:
+    plan = choose(replica("a", enabled=False), replica("b", fenced=True))
+    assert plan.candidate is None
+    assert plan.reason == "no replica qualifies (a: disabled; b: fenced)"
+
+
+def _reference_choice(replicas: list[CandidateState], max_lag: int) -> str | None:
+    """The rules spelled out as plainly as possible, to check the real function against."""
+    positions = [
+        lsn
+        for r in replicas
+        if r.answered and r.in_recovery
+        for lsn in (r.wal_lsn, r.received_lsn)
+        if lsn is not None
+    ]
+    top = max(positions, default=None)
+    eligible = [
+        r
+        for r in replicas
+        if r.enabled
+        and not r.fenced
+        and r.answered
+        and r.in_recovery
+        and r.wal_lsn is not None
+        and top is not None
+        and top - r.wal_lsn <= max_lag
+    ]
+    if not eligible:
+        return None
+    best_lsn = max(r.wal_lsn or 0 for r in eligible)
+    tied = [r for r in eligible if r.wal_lsn == best_lsn]
+    best_priority = max(r.promotion_priority for r in tied)
+    tied = [r for r in tied if r.promotion_priority == best_priority]
+    best_weight = max(r.weight for r in tied)
+    return min(r.name for r in tied if r.weight == best_weight)
+
+
+def test_the_decision_matches_the_rules_on_thousands_of_random_clusters() -> None:
+    rng = random.Random(20240604)
+    for _ in range(5000):
+        replicas = []
+        for index in range(rng.randint(0, 4)):
+            wal = rng.choice([None, 0, 500_000, 1_000_000, 1_048_576, 1_500_000, 3_000_000])
+            received = None if wal is None else wal + rng.choice([0, 0, 1_000, 2 * MiB])
+            replicas.append(
+                replica(
+                    f"r{index}",
+                    enabled=rng.random() > 0.15,
+                    answered=rng.random() > 0.15,
+                    in_recovery=rng.random() > 0.1,
+                    fenced=rng.random() < 0.1,
+                    wal_lsn=wal,
+                    received_lsn=received,
+                    promotion_priority=rng.choice([0, 0, 1, 5]),
+                    weight=rng.choice([0, 10, 100]),
+                )
+            )
+        plan = choose_failover_candidate(replicas, MiB)
+        assert plan.candidate == _reference_choice(replicas, MiB), replicas
+        assert set(plan.ranking) | set(plan.excluded) == {r.name for r in replicas}
+        assert not set(plan.ranking) & set(plan.excluded)
+        assert plan.reason
+        if plan.candidate is not None:
+            assert plan.ranking[0] == plan.candidate
+
+
+def test_every_name_is_either_ranked_or_excluded_for_every_combination() -> None:
+    flags = itertools.product([True, False], repeat=4)
+    for enabled, answered, in_recovery, fenced in flags:
+        one = replica(
+            "x", enabled=enabled, answered=answered, in_recovery=in_recovery, fenced=fenced
+        )
+        plan = choose(one)
+        eligible = enabled and answered and in_recovery and not fenced
+        assert (plan.candidate == "x") is eligible
+        assert ("x" in plan.excluded) is not eligible
+
+
+def test_lsns_are_formatted_as_postgresql_writes_them() -> None:
+    for text in ("0/0", "0/3000148", "16/B374D848", "FFFFFFFF/FFFFFFFF"):
+        assert format_lsn(parse_lsn(text)) == text
+
+
+def test_describe_plan_names_the_candidate_its_lag_and_the_excluded() -> None:
+    plan = replace(
+        choose(replica("a", wal_lsn=1000), replica("b", enabled=False)),
+        primary="primary",
+        primary_answers=False,
+    )
+    text = failover.describe_plan(plan)
+    assert "primary: primary (does not answer as a primary)" in text
+    assert "candidate: a (lag 0 bytes)" in text
+    assert "not eligible: b: disabled" in text
+
+
+# Real clusters
+
+failover_db = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def fresh(redis_server: LocalRedis) -> Iterator[tuple[LocalPostgresCluster, Cluster]]:
+    """A new primary + 2 replicas, registered under a unique name; destroyed afterwards."""
+    local = LocalPostgresCluster(Path(tempfile.mkdtemp(prefix="pgwarden-failover-")), replicas=2)
+    try:
+        local.start()
+        name = f"fo-{uuid.uuid4().hex[:8]}"
+        cluster = register_local_cluster(local, name).cluster
+        with psycopg.connect(**local.conninfo("primary"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id bigserial PRIMARY KEY, note text)")
+        local.wait_for_replay()
+        yield local, cluster
+    finally:
+        routing.reset_router()
+        local.destroy()
+
+
+def sql(local: LocalPostgresCluster, node: str, query: Any, params: Any = None) -> list[Any]:
+    with psycopg.connect(**local.conninfo(node), autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout_s} s: {what}")
+        time.sleep(0.05)
+
+
+def endpoint(cluster: Cluster, name: str) -> Endpoint:
+    return Endpoint.objects.select_related("cluster").get(cluster=cluster, name=name)
+
+
+def step_names(event: FailoverEvent) -> list[str]:
+    return [step["step"] for step in event.steps]
+
+
+@failover_db
+def test_kill_9_of_the_primary_promotes_a_replica_that_the_other_follows(
+    fresh: tuple[LocalPostgresCluster, Cluster],
+) -> None:
+    local, cluster = fresh
+    assert routing.execute(cluster.name, "INSERT INTO t (note) VALUES ('before')").role == "primary"
+
+    local.kill_node("primary")
+    event = failover.on_primary_down(cluster)
+
+    assert event is not None
+    assert event.outcome == FailoverEvent.Outcome.SUCCEEDED, (event.reason, event.steps)
+    assert event.kind == FailoverEvent.Kind.AUTOMATIC
+    assert event.old_primary_name == "primary"
+    new = event.new_primary_name
+    other = ({"replica1", "replica2"} - {new}).pop()
+    assert new in {"replica1", "replica2"}
+    assert step_names(event) == [
+        "plan",
+        "promote",
+        "verify promotion",
+        "registry",
+        f"re-point {other}",
+        f"verify {other} streams",
+    ]
+    assert all(step["ok"] and step["at"] and step["detail"] for step in event.steps)
+    assert event.finished_at is not None
+    assert "failed probes" in event.reason
+
+    old = endpoint(cluster, "primary")
+    assert (old.role, old.state, old.enabled) == (Role.REPLICA, State.FENCED, True)
+    assert f"rebuild it as a replica of {new}" in old.fenced_reason
+    assert endpoint(cluster, new).role == Role.PRIMARY
+    assert Endpoint.objects.filter(cluster=cluster, role=Role.PRIMARY).count() == 1
+
+    written = routing.execute(cluster.name, "INSERT INTO t (note) VALUES ('after') RETURNING id")
+    assert (written.endpoint, written.role) == (new, "primary")
+    wait_until(
+        lambda: sql(local, other, "SELECT count(*) FROM t WHERE note = 'after'") == [(1,)],
+        10,
+        f"the row written on {new} replicated to {other}",
+    )
+    assert sql(local, new, "SELECT pg_is_in_recovery()") == [(False,)]
+    messages = list(
+        Alert.objects.filter(cluster=cluster, kind=Alert.Kind.FAILOVER).values_list(
+            "message", flat=True
+        )
+    )
+    assert any("started" in m for m in messages)
+    assert any("succeeded" in m and f"primary -> {new}" in m for m in messages)
+    passwords = json.loads((local.base_dir / "cluster.json").read_text())
+    audit = f"{event.reason} {event.steps} {messages}"
+    assert passwords["password"] not in audit
+    assert passwords["replication_password"] not in audit
+
+
+@failover_db
+def test_a_returning_old_primary_refuses_writes_then_is_rebuilt_and_readmitted(
+    fresh: tuple[LocalPostgresCluster, Cluster],
+) -> None:
+    local, cluster = fresh
+    local.kill_node("primary")
+    event = failover.fail_over(cluster, kind=FailoverEvent.Kind.AUTOMATIC, reason="test: killed")
+    assert event.outcome == FailoverEvent.Outcome.SUCCEEDED, (event.reason, event.steps)
+    new = event.new_primary_name
+
+    # It comes back as it was: a writable primary, on its own timeline (split brain).
+    local.start_node("primary")
+    with psycopg.connect(**local.conninfo("primary"), autocommit=True) as stale_session:
+        stale_session.execute("INSERT INTO t (note) VALUES ('split brain')")
+        assert (
+            routing.execute(cluster.name, "INSERT INTO t (note) VALUES ('routed')").endpoint == new
+        )
+        old = endpoint(cluster, "primary")
+        with pytest.raises(NotReadmittable, match="not in recovery"):
+            failover.readmit(old)
+
+        ended = failover.refuse_writes(old)
+
+        assert ended >= 1  # stale_session, at least
+        with pytest.raises(psycopg.OperationalError):
+            stale_session.execute("SELECT 1")
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as refused:
+        sql(local, "primary", "INSERT INTO t (note) VALUES ('refused')")
+    assert refused.value.sqlstate == "25006"
+    assert endpoint(cluster, "primary").state == State.FENCED
+
+    rebuilt = run_manage(
+        "local_cluster",
+        "rebuild",
+        "primary",
+        "--dir",
+        str(local.base_dir),
+        "--cluster",
+        cluster.name,
+        timeout=120,
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"Rebuilding primary as a replica of {new}" in rebuilt.stdout
+    assert "Re-admitted" in rebuilt.stdout
+
+    readmitted = endpoint(cluster, "primary")
+    assert (readmitted.state, readmitted.role, readmitted.fenced_reason) == (
+        State.UNKNOWN,
+        Role.REPLICA,
+        "",
+    )
+    assert sql(local, "primary", "SELECT pg_is_in_recovery()") == [(True,)]
+    assert sql(local, "primary", "SELECT count(*) FROM t WHERE note = 'split brain'") == [(0,)]
+    sql(local, new, "INSERT INTO t (note) VALUES ('after rebuild')")
+    wait_until(
+        lambda: (
+            sql(local, "primary", "SELECT count(*) FROM t WHERE note = 'after rebuild'") == [(1,)]
+        ),
+        10,
+        "the rebuilt node replays the new primary's writes",
+    )
+
+    # The local cluster now knows its primary: a full restart brings back the same roles.
+    again = LocalPostgresCluster(local.base_dir, replicas=2)
+    assert again.primary.name == new
+    again.stop()
+    again.start()
+    roles = {status.node.name: status.in_recovery for status in again.status()}
+    assert roles == {new: False, "primary": True, ({"replica1", "replica2"} - {new}).pop(): True}
+
+
+@failover_db
+def test_a_replica_lagging_beyond_the_bound_is_not_promoted(
+    fresh: tuple[LocalPostgresCluster, Cluster],
+) -> None:
+    local, cluster = fresh
+    Endpoint.objects.filter(cluster=cluster, name="replica2").update(enabled=False)
+    sql(local, "replica1", "SELECT pg_wal_replay_pause()")
+    sql(
+        local,
+        "primary",
+        "INSERT INTO t (note) SELECT repeat('x', 1000) FROM generate_series(1, 3000)",
+    )
+    (primary_lsn,) = sql(local, "primary", "SELECT pg_current_wal_lsn()::text")[0]
+    wait_until(
+        lambda: (
+            parse_lsn(sql(local, "replica1", "SELECT pg_last_wal_receive_lsn()::text")[0][0])
+            >= parse_lsn(primary_lsn)
+        ),
+        10,
+        "replica1 received the primary's WAL (replay paused)",
+    )
+    local.kill_node("primary")
+
+    event = failover.on_primary_down(cluster)
+
+    assert event is not None
+    assert event.outcome == FailoverEvent.Outcome.ABORTED
+    assert "nothing promoted" in event.reason
+    assert "replica1: " in event.reason
+    assert "over the cluster's max failover lag" in event.reason
+    assert "replica2: disabled" in event.reason
+    assert step_names(event) == ["plan"]
+    assert event.steps[0]["ok"] is False
+    assert sql(local, "replica1", "SELECT pg_is_in_recovery()") == [(True,)]
+    assert endpoint(cluster, "primary").role == Role.PRIMARY
+    assert endpoint(cluster, "replica1").role == Role.REPLICA
+    assert Alert.objects.filter(
+        cluster=cluster,
+        kind=Alert.Kind.FAILOVER,
+        severity=Alert.Severity.CRITICAL,
+        message__contains="aborted",
+    ).exists()
+    # The sweep calls again every second while the primary stays down: no storm of
+    # aborted events and alerts, only a retry after ABORTED_RETRY_S.
+    alerts_before = Alert.objects.filter(cluster=cluster).count()
+    assert failover.on_primary_down(cluster) is None
+    assert FailoverEvent.objects.filter(cluster=cluster).count() == 1
+    assert Alert.objects.filter(cluster=cluster).count() == alerts_before
+
+
+@failover_db
+def test_two_workers_racing_to_fail_over_fail_over_once(
+    fresh: tuple[LocalPostgresCluster, Cluster],
+) -> None:
+    local, cluster = fresh
+    local.kill_node("primary")
+    start = threading.Barrier(2)
+    results: list[FailoverEvent | BaseException | None] = []
+
+    def worker() -> None:
+        try:
+            start.wait()
+            results.append(failover.on_primary_down(Cluster.objects.get(pk=cluster.pk)))
+        except BaseException as exc:  # reported below, not lost in the thread
+            results.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+    events = [r for r in results if isinstance(r, FailoverEvent)]
+    assert len(results) == 2
+    assert results.count(None) == 1, results
+    assert len(events) == 1
+    assert events[0].outcome == FailoverEvent.Outcome.SUCCEEDED
+    assert FailoverEvent.objects.filter(cluster=cluster).count() == 1
+    assert Endpoint.objects.filter(cluster=cluster, role=Role.PRIMARY).count() == 1
+
+
+@failover_db
+def test_a_held_lock_means_a_failover_is_in_progress(redis_server: LocalRedis) -> None:
+    cluster = Cluster.objects.create(name=f"locked-{uuid.uuid4().hex[:6]}")
+    Endpoint.objects.create(cluster=cluster, name="p", host="127.0.0.1", port=9, role=Role.PRIMARY)
+    held = redis.Redis.from_url(settings.REDIS_URL).lock(failover.lock_key(cluster.pk), timeout=30)
+    assert held.acquire(blocking=False)
+    try:
+        with pytest.raises(FailoverInProgress, match="already running"):
+            failover.fail_over(cluster, reason="test")
+        with pytest.raises(FailoverInProgress):
+            failover.switchover(cluster)
+        assert failover.on_primary_down(cluster) is None
+    finally:
+        held.release()
+    assert not FailoverEvent.objects.filter(cluster=cluster).exists()
+
+
+@failover_db
+def test_bad_targets_and_a_dead_primary_are_refused_before_anything_happens(
+    redis_server: LocalRedis, closed_port: int
+) -> None:
+    cluster = Cluster.objects.create(name=f"dead-{uuid.uuid4().hex[:6]}")
+    for name, role in (("p", Role.PRIMARY), ("r", Role.REPLICA)):
+        Endpoint.objects.create(
+            cluster=cluster, name=name, host="127.0.0.1", port=closed_port, role=role
+        )
+    with pytest.raises(UnknownEndpoint, match="has no endpoint 'nope' \\(it has: p, r\\)"):
+        failover.fail_over(cluster, to="nope", reason="test")
+    with pytest.raises(UnknownEndpoint, match="already the primary"):
+        failover.plan_failover(cluster, to="p")
+    with pytest.raises(PrimaryUnavailable, match="use failover instead"):
+        failover.switchover(cluster)
+    assert not FailoverEvent.objects.filter(cluster=cluster).exists()
+    # Nothing answers: a failover is recorded as aborted, and nothing changes.
+    event = failover.fail_over(cluster, reason="test")
+    assert event.outcome == FailoverEvent.Outcome.ABORTED
+    assert "r: did not answer" in event.reason
+    assert endpoint(cluster, "p").role == Role.PRIMARY
+
+
+@failover_db
+def test_switchover_under_a_steady_stream_of_writes_loses_no_committed_row(
+    fresh: tuple[LocalPostgresCluster, Cluster],
+) -> None:
+    local, cluster = fresh
+    committed: list[int] = []
+    landed_on: set[str] = set()
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        try:
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                try:
+                    result = routing.execute(
+                        cluster.name, "INSERT INTO t (note) VALUES (%s)", [f"w{n}"]
+                    )
+                except routing.RoutingError as exc:
+                    failures.append(type(exc).__name__)
+                    time.sleep(0.005)
+                else:
+                    committed.append(n)
+                    landed_on.add(result.endpoint)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        wait_until(lambda: len(committed) >= 100, 20, "writes flow before the switchover")
+        event = failover.switchover(cluster, to="replica2", timeout_s=10)
+        assert event.outcome == FailoverEvent.Outcome.SUCCEEDED, (event.reason, event.steps)
+        before = len(committed)
+        wait_until(lambda: len(committed) >= before + 100, 20, "writes flow after the switchover")
+    finally:
+        stop.set()
+        thread.join(30)
+
+    assert event.kind == FailoverEvent.Kind.SWITCHOVER
+    assert step_names(event) == [
+        "plan",
+        "stop writes on the old primary",
+        "final position",
+        "catch up",
+        "promote",
+        "verify promotion",
+        "registry",
+        "re-point replica1",
+        "verify replica1 streams",
+    ]
+    assert landed_on == {"primary", "replica2"}
+    rows = {note for (note,) in sql(local, "replica2", "SELECT note FROM t")}
+    missing = [n for n in committed if f"w{n}" not in rows]
+    assert missing == [], f"{len(missing)} acknowledged writes missing; failures: {failures[:5]}"
+    wait_until(
+        lambda: (
+            sql(local, "replica1", "SELECT count(*) FROM t")
+            == sql(local, "replica2", "SELECT count(*) FROM t")
+        ),
+        10,
+        "replica1 follows the new primary",
+    )
+    # The old primary stays up, read-only and fenced until it is rebuilt.
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        sql(local, "primary", "INSERT INTO t (note) VALUES ('late')")
+    assert endpoint(cluster, "primary").state == State.FENCED
+
+
+@failover_db
+def test_a_switchover_whose_candidate_cannot_catch_up_is_undone(
+    fresh: tuple[LocalPostgresCluster, Cluster],
+) -> None:
+    local, cluster = fresh
+    sql(local, "replica1", "SELECT pg_wal_replay_pause()")
+    sql(local, "primary", "INSERT INTO t (note) VALUES ('not replayed on replica1')")
+
+    event = failover.switchover(cluster, to="replica1", timeout_s=1)
+
+    assert event.outcome == FailoverEvent.Outcome.ABORTED
+    assert "replica1 replayed" in event.reason
+    assert "writable again" in event.reason
+    assert step_names(event)[-2:] == ["catch up", "undo read-only"]
+    sql(local, "primary", "INSERT INTO t (note) VALUES ('writable again')")
+    assert sql(local, "replica1", "SELECT pg_is_in_recovery()") == [(True,)]
+    assert endpoint(cluster, "primary").role == Role.PRIMARY
+    assert endpoint(cluster, "primary").state != State.FENCED
+
+
+@failover_db
+def test_a_manual_failover_of_a_live_primary_makes_it_read_only_first(
+    fresh: tuple[LocalPostgresCluster, Cluster],
+) -> None:
+    local, cluster = fresh
+    plan = failover.plan_failover(cluster, to="replica1")
+    assert (plan.candidate, plan.primary, plan.primary_answers) == ("replica1", "primary", True)
+
+    event = failover.fail_over(cluster, to="replica1", reason="test: manual")
+
+    assert event.outcome == FailoverEvent.Outcome.SUCCEEDED, (event.reason, event.steps)
+    assert step_names(event)[:3] == ["plan", "fence old primary", "promote"]
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        sql(local, "primary", "INSERT INTO t (note) VALUES ('late')")
+    sql(local, "replica1", "INSERT INTO t (note) VALUES ('new primary')")
+    wait_until(
+        lambda: sql(local, "replica2", "SELECT count(*) FROM t") == [(1,)],
+        10,
+        "replica2 follows replica1",
+    )
+
+
+def test_failover_help_documents_every_option() -> None:
+    result = run_manage("failover", "--help")
+    assert result.returncode == 0, result.stderr
+    for text in (
+        "CLUSTER",
+        "--to ENDPOINT",
+        "--switchover",
+        "--yes",
+        "--dry-run",
+        "--timeout",
+        "no data loss",
+        "not a terminal",
+        "examples:",
+    ):
+        assert text in result.stdout, text
+
+
+@failover_db
+def test_the_command_prints_the_plan_refuses_without_yes_then_switches_over(
+    fresh: tuple[LocalPostgresCluster, Cluster],
+) -> None:
+    _local, cluster = fresh
+    dry = run_manage("failover", cluster.name, "--switchover", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "candidate: replica" in dry.stdout
+    assert "refuses new writes" in dry.stdout
+    assert "Dry run: nothing changed." in dry.stdout
+
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "failover", cluster.name, "--switchover"],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert "stdin is not a terminal" in refused.stderr
+    assert "--yes" in refused.stderr
+    assert not FailoverEvent.objects.filter(cluster=cluster).exists()
+
+    done = run_manage("failover", cluster.name, "--switchover", "--to", "replica1", "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok    catch up" in done.stdout
+    assert "Switchover #" in done.stdout
+    assert "succeeded: primary -> replica1" in done.stdout
+    assert endpoint(cluster, "replica1").role == Role.PRIMARY
+
+    nothing = run_manage("failover", cluster.name, "--to", "primary", "--dry-run")
+    assert nothing.returncode == 1
+    assert "primary was requested but cannot be promoted: fenced" in nothing.stdout + nothing.stderr
