@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from endpoints.charts import endpoint_history
 from endpoints.forms import EndpointForm, EndpointInlineFormSet
-from endpoints.models import Cluster, Endpoint, FailoverEvent, HealthCheck, Role, State
+from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, HealthCheck, Role, State
 from endpoints.probe import ProbeResult, check_endpoints
 
 HISTORY_ROWS = 20
@@ -110,6 +113,42 @@ def report_check(request: HttpRequest, endpoint: Endpoint, result: ProbeResult) 
         messages.error(request, f"{endpoint}: connection failed: {result.error}")
 
 
+def lag_text(endpoint: Endpoint) -> str:
+    if endpoint.role == Role.PRIMARY or endpoint.replication_lag_s is None:
+        return "—"
+    bytes_part = (
+        f", {endpoint.replication_lag_bytes} B"
+        if endpoint.replication_lag_bytes is not None
+        else ""
+    )
+    return f"{endpoint.replication_lag_s:.1f} s{bytes_part}"
+
+
+def failover_table(events: Any) -> SafeString | str:
+    rows = format_html_join(
+        "",
+        '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{} → {}</td><td>{}</td></tr>',
+        (
+            (
+                reverse("admin:endpoints_failoverevent_change", args=[event.pk]),
+                event.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                event.get_kind_display(),
+                event.old_primary_name or "—",
+                event.new_primary_name or "—",
+                event.get_outcome_display(),
+            )
+            for event in events
+        ),
+    )
+    if not rows:
+        return "None."
+    return format_html(
+        '<table class="pgw-failovers"><thead><tr><th>started</th><th>kind</th>'
+        "<th>primary</th><th>outcome</th></tr></thead><tbody>{}</tbody></table>",
+        rows,
+    )
+
+
 class EndpointInline(admin.TabularInline):
     model = Endpoint
     form = EndpointForm
@@ -203,9 +242,148 @@ class ClusterAdmin(admin.ModelAdmin):
                 )
             },
         ),
+        ("Topology", {"fields": ("topology", "active_alerts", "failover_history")}),
         ("Routing statistics (this web process)", {"fields": ("routing_stats",)}),
     )
-    readonly_fields = ("routing_stats",)
+    readonly_fields = ("topology", "active_alerts", "failover_history", "routing_stats")
+    change_form_template = "admin/endpoints/cluster/change_form.html"
+
+    @admin.display(description="topology")
+    def topology(self, cluster: Cluster) -> SafeString | str:
+        if cluster.pk is None:
+            return "—"
+        endpoints = list(cluster.endpoints.order_by("-role", "name"))
+        primary = next((e for e in endpoints if e.role == Role.PRIMARY and e.enabled), None)
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    endpoint.name,
+                    endpoint.get_role_display()
+                    + ("" if endpoint.enabled else " (disabled)")
+                    + (" — role mismatch" if endpoint.role_mismatch else ""),
+                    state_badge(endpoint),
+                    f"{endpoint.host}:{endpoint.port}",
+                    "—"
+                    if endpoint.role == Role.PRIMARY
+                    else f"replicates from {primary.name}"
+                    if primary is not None
+                    else "no enabled primary",
+                    lag_text(endpoint),
+                )
+                for endpoint in endpoints
+            ),
+        )
+        return format_html(
+            '<table class="pgw-topology"><thead><tr><th>endpoint</th><th>role</th>'
+            "<th>state</th><th>address</th><th>replication</th><th>lag</th></tr></thead>"
+            "<tbody>{}</tbody></table>",
+            rows,
+        )
+
+    @admin.display(description="active alerts")
+    def active_alerts(self, cluster: Cluster) -> SafeString | str:
+        if cluster.pk is None:
+            return "—"
+        alerts = cluster.alerts.filter(cleared_at__isnull=True).order_by("-raised_at")[:50]
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (a.raised_at.strftime("%Y-%m-%d %H:%M:%S"), a.get_severity_display(), a.message)
+                for a in alerts
+            ),
+        )
+        if not rows:
+            return "None."
+        return format_html(
+            '<table class="pgw-alerts"><thead><tr><th>raised</th><th>severity</th>'
+            "<th>message</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    @admin.display(description="failover history")
+    def failover_history(self, cluster: Cluster) -> SafeString | str:
+        if cluster.pk is None:
+            return "—"
+        return failover_table(cluster.failover_events.order_by("-started_at")[:HISTORY_ROWS])
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path(
+                "<int:object_id>/check-now/",
+                self.admin_site.admin_view(self.check_now_view),
+                name="endpoints_cluster_check_now",
+            ),
+            path(
+                "<int:object_id>/failover/",
+                self.admin_site.admin_view(self.failover_view),
+                name="endpoints_cluster_failover",
+            ),
+            *super().get_urls(),
+        ]
+
+    def check_now_view(self, request: HttpRequest, object_id: int) -> HttpResponseRedirect:
+        from endpoints.health import sweep
+
+        cluster = get_object_or_404(Cluster, pk=object_id)
+        if request.method == "POST" and self.has_change_permission(request, cluster):
+            for observation in sweep(cluster):
+                report_check(request, observation.endpoint, observation.result)
+        return HttpResponseRedirect(reverse("admin:endpoints_cluster_change", args=[object_id]))
+
+    def failover_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """GET: the plan for confirmation. POST: carry it out."""
+        from endpoints import failover
+
+        cluster = get_object_or_404(Cluster, pk=object_id)
+        if not self.has_change_permission(request, cluster):
+            raise PermissionDenied
+        switchover = request.GET.get("switchover") == "1" or request.POST.get("switchover") == "1"
+        target = request.POST.get("to") or request.GET.get("to") or None
+        change_url = reverse("admin:endpoints_cluster_change", args=[object_id])
+        if request.method == "POST":
+            try:
+                if switchover:
+                    event = failover.switchover(cluster, to=target)
+                else:
+                    event = failover.fail_over(
+                        cluster,
+                        to=target,
+                        kind="manual",
+                        reason=f"manual failover by {request.user} in the admin",
+                    )
+            except failover.FailoverError as exc:
+                messages.error(request, str(exc))
+                return HttpResponseRedirect(change_url)
+            report = messages.success if event.outcome == "succeeded" else messages.error
+            report(
+                request,
+                f"{event.get_kind_display()}: {event.get_outcome_display()}. "
+                f"{event.old_primary_name or '—'} → {event.new_primary_name or '—'}. "
+                f"{event.reason}",
+            )
+            return HttpResponseRedirect(
+                reverse("admin:endpoints_failoverevent_change", args=[event.pk])
+            )
+        try:
+            plan = failover.plan_failover(cluster, to=target)
+        except failover.FailoverError as exc:
+            messages.error(request, str(exc))
+            return HttpResponseRedirect(change_url)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{'Switchover' if switchover else 'Failover'} of cluster {cluster.name}",
+            "cluster": cluster,
+            "plan": plan,
+            "switchover": switchover,
+            "target": target,
+            "replicas": cluster.endpoints.filter(role=Role.REPLICA, enabled=True),
+            "opts": self.model._meta,
+            "change_url": change_url,
+        }
+        return TemplateResponse(request, "admin/endpoints/cluster/failover_confirm.html", context)
 
     @admin.display(description="routing")
     def routing_stats(self, cluster: Cluster) -> SafeString | str:
@@ -262,7 +440,13 @@ class EndpointAdmin(admin.ModelAdmin):
     list_select_related = ("cluster",)
     search_fields = ("name", "host")
     actions = ["check_connection_now"]
-    readonly_fields = (*OBSERVED_FIELDS, "connection_url", "recent_health_checks", "failovers")
+    readonly_fields = (
+        *OBSERVED_FIELDS,
+        "connection_url",
+        "history_chart",
+        "recent_health_checks",
+        "failovers",
+    )
     fieldsets = (
         (None, {"fields": ("cluster", "name")}),
         (
@@ -283,7 +467,7 @@ class EndpointAdmin(admin.ModelAdmin):
             },
         ),
         ("Observed by health checks", {"fields": OBSERVED_FIELDS}),
-        ("History", {"fields": ("recent_health_checks", "failovers")}),
+        ("History", {"fields": ("history_chart", "recent_health_checks", "failovers")}),
     )
 
     @admin.display(description="state", ordering="state")
@@ -298,14 +482,7 @@ class EndpointAdmin(admin.ModelAdmin):
 
     @admin.display(description="lag", ordering="replication_lag_s")
     def lag(self, endpoint: Endpoint) -> str:
-        if endpoint.role == Role.PRIMARY or endpoint.replication_lag_s is None:
-            return "—"
-        bytes_part = (
-            f", {endpoint.replication_lag_bytes} B"
-            if endpoint.replication_lag_bytes is not None
-            else ""
-        )
-        return f"{endpoint.replication_lag_s:.1f} s{bytes_part}"
+        return lag_text(endpoint)
 
     @admin.display(description="connection (password masked)")
     def connection_url(self, endpoint: Endpoint) -> str:
@@ -345,31 +522,17 @@ class EndpointAdmin(admin.ModelAdmin):
     def failovers(self, endpoint: Endpoint) -> SafeString | str:
         if not endpoint.pk:
             return "—"
-        events = FailoverEvent.objects.filter(
-            Q(old_primary=endpoint) | Q(new_primary=endpoint)
-        ).order_by("-started_at")[:HISTORY_ROWS]
-        rows = format_html_join(
-            "",
-            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{} → {}</td><td>{}</td></tr>',
-            (
-                (
-                    reverse("admin:endpoints_failoverevent_change", args=[event.pk]),
-                    event.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                    event.get_kind_display(),
-                    event.old_primary_name or "—",
-                    event.new_primary_name or "—",
-                    event.get_outcome_display(),
-                )
-                for event in events
-            ),
+        return failover_table(
+            FailoverEvent.objects.filter(
+                Q(old_primary=endpoint) | Q(new_primary=endpoint)
+            ).order_by("-started_at")[:HISTORY_ROWS]
         )
-        if not rows:
-            return "None."
-        return format_html(
-            '<table class="pgw-failovers"><thead><tr><th>started</th><th>kind</th>'
-            "<th>primary</th><th>outcome</th></tr></thead><tbody>{}</tbody></table>",
-            rows,
-        )
+
+    @admin.display(description="last hour")
+    def history_chart(self, endpoint: Endpoint) -> SafeString | str:
+        if not endpoint.pk:
+            return "—"
+        return endpoint_history(endpoint)
 
     @admin.action(description="Check connection now")
     def check_connection_now(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
@@ -473,3 +636,11 @@ def _number(value: float | int | None, unit: str) -> str:
         return "—"
     text = f"{value:.1f}" if isinstance(value, float) else str(value)
     return f"{text} {unit}".strip()
+
+
+@admin.register(Alert)
+class AlertAdmin(ReadOnlyAdmin):
+    list_display = ("raised_at", "cluster", "endpoint", "severity", "kind", "message", "cleared_at")
+    list_filter = ("cluster", "severity", "kind", ("cleared_at", admin.EmptyFieldListFilter))
+    list_select_related = ("cluster", "endpoint")
+    search_fields = ("message",)

@@ -269,7 +269,9 @@ class EndpointPool:
         if self.tracker.state == ConnectTracker.OK:
             # The common case, kept short: it runs on every request.
             try:
-                conn = pool.getconn(self.endpoint.pool.timeout_s)
+                # Short: an idle connection comes at once; otherwise the slow path waits
+                # while watching whether the endpoint still accepts connections.
+                conn = pool.getconn(_CONNECTING_POLL_S)
             except (PoolTimeout, PoolClosed):
                 pass  # the slow path below says which it was
             else:
@@ -298,12 +300,19 @@ class EndpointPool:
     ) -> psycopg.Connection[Any]:
         label = self.endpoint.label
         connecting_deadline = time.monotonic() + connect_s
+        # Even when connecting last worked, wait in growing slices and look at the tracker
+        # in between: if the server just died, the pool's next connection attempt fails
+        # within milliseconds and the caller should hear it then, not after the pool
+        # timeout. Growing, so a merely busy pool soon waits in long, fair stretches.
+        ok_slice_s = _CONNECTING_POLL_S
         while True:
             state = self.tracker.state
             remaining = deadline - time.monotonic()
             try:
                 if state == ConnectTracker.OK:
-                    return pool.getconn(timeout=max(remaining, 0.001))
+                    wait_s = min(remaining, ok_slice_s)
+                    ok_slice_s = min(ok_slice_s * 2, 1.0)
+                    return pool.getconn(timeout=max(wait_s, 0.001))
                 if state == ConnectTracker.FAILING:
                     # An idle connection may still be good; otherwise fail now.
                     return pool.getconn(timeout=0.001)

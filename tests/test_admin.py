@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -554,3 +555,116 @@ def test_failover_event_page_shows_its_steps(
     response = admin_client.get(reverse("admin:endpoints_failoverevent_change", args=[event.pk]))
 
     assert "fence old primary" in response.content.decode()
+
+
+# History charts, topology, alerts, check now
+
+
+def test_endpoint_page_charts_the_last_hour_of_latency_lag_and_answers(
+    admin_client: Client, other_cluster: Cluster
+) -> None:
+    endpoint = other_cluster.endpoints.get(name="db-b")
+    now = timezone.now()
+    HealthCheck.objects.bulk_create(
+        [
+            HealthCheck(
+                endpoint=endpoint,
+                checked_at=now - timedelta(minutes=minutes),
+                ok=minutes % 10 != 0,
+                latency_ms=float(minutes),
+                lag_s=minutes / 10,
+            )
+            for minutes in range(1, 50)
+        ]
+        + [HealthCheck(endpoint=endpoint, checked_at=now - timedelta(hours=3), ok=True)]
+    )
+    page = admin_client.get(change_url(endpoint)).content.decode()
+    [latency] = re.findall(r'aria-label="latency"><rect[^>]*/><polyline[^>]*points="([^"]+)"', page)
+    assert len(latency.split()) == 49  # the row from three hours ago is outside the window
+    assert "latency (max 49.0 ms, last 1.0 ms)" in page
+    assert "replication lag (max 4.9 s, last 0.1 s)" in page
+    timeline = re.search(r'<svg class="pgw-timeline".*?</svg>', page)
+    assert timeline is not None
+    assert timeline.group(0).count('fill="#c62828"') == 4  # minutes 10, 20, 30, 40 failed
+    assert "<script" not in timeline.group(0)
+
+
+def test_cluster_page_shows_topology_alerts_and_failover_history(
+    admin_client: Client, other_cluster: Cluster
+) -> None:
+    from endpoints.alerts import notify_event, raise_alert
+    from endpoints.models import Alert
+
+    raise_alert(other_cluster, Alert.Kind.PRIMARY_DOWN, "primary_down", "critical", "db-a is down")
+    notify_event(other_cluster, Alert.Kind.FAILOVER, "info", "an old event, already over")
+    page = admin_client.get(change_url(other_cluster)).content.decode()
+    topology = re.search(r'<table class="pgw-topology">.*?</table>', page, re.S)
+    assert topology is not None
+    assert "<td>db-b</td><td>replica</td>" in topology.group(0)
+    assert "replicates from db-a" in topology.group(0)
+    alerts = re.search(r'<table class="pgw-alerts">.*?</table>', page, re.S)
+    assert alerts is not None
+    assert "db-a is down" in alerts.group(0)
+    assert "an old event" not in alerts.group(0)  # only active alerts
+    assert "Failover…" in page
+    assert "Switchover…" in page
+    alert_list = admin_client.get(reverse("admin:endpoints_alert_changelist")).content.decode()
+    assert "db-a is down" in alert_list
+    assert "an old event, already over" in alert_list
+
+
+@pytest.mark.django_db(transaction=True)
+def test_check_now_button_sweeps_the_cluster_and_reports_each_endpoint(
+    admin_client: Client, local_cluster: Cluster
+) -> None:
+    url = reverse("admin:endpoints_cluster_check_now", args=[local_cluster.pk])
+    response = admin_client.post(url, follow=True)
+    assert response.status_code == 200
+    reported = messages_of(response)
+    assert len(reported) == 3
+    assert all("connected" in message for message in reported)
+    assert HealthCheck.objects.filter(endpoint__cluster=local_cluster).count() == 3
+    assert admin_client.get(url).status_code == 302  # GET changes nothing
+    assert HealthCheck.objects.filter(endpoint__cluster=local_cluster).count() == 3
+
+
+# Failover and switchover from the cluster page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_failover_page_shows_the_plan_before_anything_happens(
+    admin_client: Client, local_cluster: Cluster, redis_server: Any
+) -> None:
+    url = reverse("admin:endpoints_cluster_failover", args=[local_cluster.pk])
+    page = admin_client.get(url).content.decode()
+    assert re.search(r"Promote <strong>replica[12]</strong>", page)
+    assert "The candidate is promoted" in page
+    assert 'value="Yes, fail over to replica' in page
+    switchover = admin_client.get(url + "?switchover=1").content.decode()
+    assert "The current primary refuses new writes" in switchover
+    # Only showing the plan changed nothing.
+    assert FailoverEvent.objects.count() == 0
+    assert local_cluster.endpoints.get(role=Role.PRIMARY).name == "primary"
+
+    response = admin_client.get(url + "?to=nope", follow=True)
+    assert any("nope" in message for message in messages_of(response))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failover_with_no_candidate_is_aborted_and_shown(
+    admin_client: Client, closed_port: int, redis_server: Any
+) -> None:
+    cluster = Cluster.objects.create(name="gone", connect_timeout_s=1, probe_timeout_s=1)
+    Endpoint.objects.create(
+        cluster=cluster, name="p", host="127.0.0.1", port=closed_port, role=Role.PRIMARY
+    )
+    Endpoint.objects.create(cluster=cluster, name="r", host="127.0.0.1", port=closed_port)
+    url = reverse("admin:endpoints_cluster_failover", args=[cluster.pk])
+    response = admin_client.post(url, follow=True)
+    [event] = FailoverEvent.objects.filter(cluster=cluster)
+    assert event.outcome == FailoverEvent.Outcome.ABORTED
+    assert response.request["PATH_INFO"] == reverse(
+        "admin:endpoints_failoverevent_change", args=[event.pk]
+    )
+    assert any("Aborted" in message for message in messages_of(response))
+    assert cluster.endpoints.get(name="p").role == Role.PRIMARY  # nothing was promoted
