@@ -32,11 +32,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ from typing import Any
 import psycopg
 
 from endpoints import health
-from endpoints.localcluster import LocalPostgresCluster
+from endpoints.localcluster import LocalPostgresCluster, SilentListener
 from endpoints.models import Cluster, Endpoint, Role
 from endpoints.probe import PROBE_SQL, check_endpoints
 
@@ -58,39 +56,13 @@ MAX_CONNECTIONS = 600
 TARGET_RATIO = 1.5
 
 
-class SilentListener:
-    """A TCP port that accepts connections and never answers: a hung server."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
-        self.port: int = self.sock.getsockname()[1]
-        self._accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self._accepted.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self._accepted:
-            conn.close()
-
-
 def run(quick: bool = False) -> list[Row]:
     """One row per size: the sweep's median time beside the probe timeout."""
     base = Path(tempfile.mkdtemp(prefix="pgwarden-bench-sweep-"))
     # The postgres OS user runs the servers and must reach their directories.
     os.chmod(base, 0o755)  # noqa: S103
     servers = LocalPostgresCluster(base / "pg", replicas=1)
-    hung = SilentListener()
+    hung = SilentListener(backlog=1024)
     try:
         print("starting PostgreSQL (primary + 1 replica) for the sweep bench", file=sys.stderr)
         servers.start()

@@ -29,6 +29,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -1214,3 +1215,33 @@ def local_redis_for_url(url: str, base_dir: Path) -> LocalRedis | None:
     except ValueError:
         return None
     return LocalRedis(base_dir, host=host, port=parts.port or 6379)
+
+
+class SilentListener:
+    """A loopback TCP port that accepts connections and never answers: a hung server.
+
+    For tests and benchmarks: probes and pools aimed at it must give up on their own
+    timeouts. ``backlog`` bounds the connections queued before they are accepted.
+    """
+
+    def __init__(self, backlog: int = 16) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.port: int = self.sock.getsockname()[1]
+        self._accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self._accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self._accepted:
+            conn.close()

@@ -12,14 +12,18 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from endpoints.localcluster import LocalPostgresCluster, LocalRedis, local_redis_for_url
+from endpoints.localcluster import (
+    LocalPostgresCluster,
+    LocalRedis,
+    SilentListener,
+    local_redis_for_url,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,32 +77,6 @@ def admin_client(db, client):
     user = get_user_model().objects.create_superuser("root", "root@example.com", "pw-for-tests")
     client.force_login(user)
     return client
-
-
-class SilentListener:
-    """A TCP port that accepts connections and never answers: a hung server."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self._accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self._accepted.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self._accepted:
-            conn.close()
 
 
 @pytest.fixture
