@@ -151,3 +151,33 @@ def celery_worker(django_db_setup, django_db_blocker, redis_server):
             worker.kill()
             worker.wait()
         log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def celery_beat(celery_worker, tmp_path):
+    """A real ``celery beat`` with the project's schedule, for one test, feeding the worker."""
+    log_path = tmp_path / "beat.log"
+    with log_path.open("w") as log:
+        beat = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "--app=project",
+                "beat",
+                "--loglevel=INFO",
+                f"--schedule={tmp_path / 'celerybeat-schedule'}",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield beat
+    finally:
+        beat.terminate()
+        try:
+            beat.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            beat.kill()
+            beat.wait()

@@ -756,3 +756,64 @@ def test_the_command_prints_the_plan_refuses_without_yes_then_switches_over(
     nothing = run_manage("failover", cluster.name, "--to", "primary", "--dry-run")
     assert nothing.returncode == 1
     assert "primary was requested but cannot be promoted: fenced" in nothing.stdout + nothing.stderr
+
+
+@failover_db
+def test_kill_9_of_the_primary_fails_over_on_beat_and_a_worker_with_default_settings(
+    fresh: tuple[LocalPostgresCluster, Cluster], celery_beat: Any
+) -> None:
+    """The whole production path: beat ticks, the worker sweeps, detects and promotes."""
+    from endpoints.models import HealthCheck
+    from endpoints.routing import RoutingError
+
+    local, cluster = fresh
+    assert routing.execute(cluster.name, "INSERT INTO t (note) VALUES ('before')").rowcount == 1
+    wait_until(
+        lambda: HealthCheck.objects.filter(endpoint__cluster=cluster, ok=True).count() >= 6,
+        30,
+        "beat and the worker sweep the cluster",
+    )
+    killed_at = time.monotonic()
+    local.kill_node("primary")
+    new_primary = ""
+    while not new_primary:
+        assert time.monotonic() - killed_at < 60, "no routed write succeeded after the kill"
+        try:
+            result = routing.execute(
+                cluster.name, "INSERT INTO t (note) VALUES ('after') RETURNING id"
+            )
+        except RoutingError:
+            time.sleep(0.1)
+            continue
+        new_primary = result.endpoint
+    assert new_primary in ("replica1", "replica2")
+    [event] = FailoverEvent.objects.filter(cluster=cluster)
+    assert event.kind == FailoverEvent.Kind.AUTOMATIC
+    assert event.outcome == FailoverEvent.Outcome.SUCCEEDED
+    assert event.new_primary_name == new_primary
+    assert endpoint(cluster, "primary").state == State.FENCED
+    follower = "replica2" if new_primary == "replica1" else "replica1"
+    wait_until(
+        lambda: sql(local, follower, "SELECT count(*) FROM t WHERE note = 'after'") == [(1,)],
+        30,
+        f"{follower} replays the first write on the new primary",
+    )
+
+    # The old primary comes back as a writable primary: it stays fenced, the sweep raises
+    # a split-brain alert and makes it refuse writes, and no routed request reaches it.
+    local.start_node("primary")
+    wait_until(
+        lambda: Alert.objects.filter(
+            cluster=cluster, kind=Alert.Kind.SPLIT_BRAIN, cleared_at__isnull=True
+        ).exists(),
+        30,
+        "a split-brain alert for the returning old primary",
+    )
+    wait_until(
+        lambda: sql(local, "primary", "SHOW default_transaction_read_only") == [("on",)],
+        30,
+        "the old primary refuses writes",
+    )
+    assert endpoint(cluster, "primary").state == State.FENCED
+    served = {routing.execute(cluster.name, "SELECT 1").endpoint for _ in range(20)}
+    assert "primary" not in served
