@@ -427,7 +427,7 @@ def test_raw_connection_session_changes_do_not_leak_to_the_next_caller(
 
 
 def test_errors_name_the_problem_and_never_the_password(
-    cluster: Cluster, pg_cluster: LocalPostgresCluster
+    cluster: Cluster, pg_cluster: LocalPostgresCluster, closed_port: int
 ) -> None:
     with pytest.raises(ClusterNotFound, match="known clusters: local"):
         routing.execute("nope", "SELECT 1")
@@ -441,7 +441,7 @@ def test_errors_name_the_problem_and_never_the_password(
     assert timeout.value.sqlstate == "57014"
 
     configure(cluster, retry_max_attempts=2, retry_initial_delay_ms=10, retry_max_delay_ms=10)
-    configure_endpoint(cluster, "primary", port=pg_cluster.replicas[0].port + 7919)
+    configure_endpoint(cluster, "primary", port=closed_port)
     with pytest.raises(NoEndpointAvailable) as caught:
         routing.execute("local", "INSERT INTO routing_t (note) VALUES ('x')")
     message = str(caught.value)
