@@ -552,6 +552,41 @@ def test_two_workers_racing_to_fail_over_fail_over_once(
 
 
 @failover_db
+def test_two_processes_racing_to_fail_over_fail_over_once(
+    fresh: tuple[LocalPostgresCluster, Cluster],
+) -> None:
+    """As two Celery workers on two machines would: separate processes, one Redis lock."""
+    local, cluster = fresh
+    local.kill_node("primary")
+    script = (
+        "from endpoints import failover\n"
+        "from endpoints.models import Cluster\n"
+        f"event = failover.on_primary_down(Cluster.objects.get(pk={cluster.pk}))\n"
+        "print('RESULT', event.outcome if event else 'none')\n"
+    )
+    racers = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "shell", "-c", script],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [racer.communicate(timeout=120) for racer in racers]
+    results = sorted(
+        line.split()[1]
+        for stdout, _ in outputs
+        for line in stdout.splitlines()
+        if line.startswith("RESULT ")
+    )
+    assert results == ["none", "succeeded"], outputs
+    assert FailoverEvent.objects.filter(cluster=cluster).count() == 1
+    assert Endpoint.objects.filter(cluster=cluster, role=Role.PRIMARY).count() == 1
+
+
+@failover_db
 def test_a_held_lock_means_a_failover_is_in_progress(redis_server: LocalRedis) -> None:
     cluster = Cluster.objects.create(name=f"locked-{uuid.uuid4().hex[:6]}")
     Endpoint.objects.create(cluster=cluster, name="p", host="127.0.0.1", port=9, role=Role.PRIMARY)
