@@ -21,10 +21,12 @@ endpoint is its own server: the server forks hundreds of backends at once on the
 cores that run the sweep.
 
 So a last row shows what the machine itself can do: the 400 healthy probes of the
-largest size alone, through pgwarden's probe (``check_endpoints``, no deadline in
-reach) beside the same connections and query made with plain psycopg. When those take
-longer than the probe timeout, the largest sweep's healthy endpoints cannot all answer
-in time on this machine whatever the sweep does, and its row says how many did.
+largest size alone, through pgwarden's probe (``check_endpoints``, all at once, no
+deadline in reach) beside the same connections and query made with plain psycopg. When
+those take longer than the probe timeout, the largest sweep's healthy endpoints cannot
+all answer in time on this machine whatever the sweep does: the sweep still ends on
+time, leaving the others for the next sweep, and its row says how many answered (the
+fewest over the measured sweeps).
 """
 
 from __future__ import annotations

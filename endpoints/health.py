@@ -2,11 +2,14 @@
 
 A sweep (:func:`sweep`)
 
-1. probes every enabled endpoint concurrently, each bounded by the cluster's
-   ``probe_timeout_s``, so a hung endpoint costs one probe timeout and delays
-   no other (probes that overran that deadline because this process was
-   starved of CPU are recorded, but their failures not counted:
-   :func:`sweep_was_starved`);
+1. probes every enabled endpoint concurrently, the whole sweep bounded by the
+   cluster's ``probe_timeout_s``, so a hung endpoint costs one probe timeout and
+   delays no other. Connection set-ups take turns so that CPU is spent on some
+   of them finishing in time rather than all of them finishing late
+   (:func:`endpoints.probe.sweep_endpoints`, in :func:`probe_order`); endpoints
+   the machine had no time for are left as they were and go first next sweep.
+   Probes that overran the deadline because this process was starved of CPU are
+   recorded, but their failures not counted (:func:`sweep_was_starved`);
 2. stores one HealthCheck row per endpoint (with its health score) and updates
    each Endpoint's observed fields: recovery, WAL position, latency, lag in
    seconds and in bytes behind the primary's WAL position from the same sweep,
@@ -36,8 +39,9 @@ Cost: each probe opens a fresh connection, which takes about 3 ms of the
 sweeping process's CPU (libpq's SCRAM key derivation, mostly), all on the one
 thread that runs the probes' event loop: a sweep of 500 endpoints costs about
 1.5 CPU-seconds there, so past a few hundred endpoints per cluster raise
-``check_interval_s`` or split the cluster (``make bench`` shows what happens
-when the machine runs out of CPU before the probe timeout).
+``check_interval_s`` or split the cluster. ``make bench`` shows what happens
+when the machine runs out of CPU before the probe timeout: the sweep still ends
+on time, with some endpoints left for the next one (logged).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import redis
 from django.conf import settings
@@ -58,7 +62,7 @@ from redis.lock import Lock
 
 from endpoints import alerts, scoring, topology
 from endpoints.models import Cluster, Endpoint, HealthCheck, Role, State
-from endpoints.probe import ProbeResult, check_endpoints
+from endpoints.probe import ProbeResult, sweep_endpoints
 
 logger = logging.getLogger("pgwarden.health")
 
@@ -235,6 +239,30 @@ def routing_relevant_change(observation: Observation, max_lag_s: float | None) -
     )
 
 
+def is_suspect(endpoint: Endpoint) -> bool:
+    """Whether the endpoint's last probe failed: probed at once, as it may just hang."""
+    return bool(endpoint.last_error) or endpoint.state == State.DOWN
+
+
+def probe_order(endpoints: Iterable[Endpoint]) -> list[Endpoint]:
+    """The order a sweep spends its CPU on: the primary, then the longest unprobed.
+
+    When the machine cannot open every connection within the probe timeout, those
+    left out of one sweep come first in the next, so none goes unprobed for long.
+    """
+    oldest = datetime.min.replace(tzinfo=UTC)
+    return sorted(
+        endpoints,
+        key=lambda e: (e.role != Role.PRIMARY, e.last_checked_at or oldest, e.pk),
+    )
+
+
+def _names(names: list[str], shown: int = 10) -> str:
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
+
+
 def primary_lsn_of(results: Iterable[tuple[Endpoint, ProbeResult]]) -> int | None:
     """The registered primary's current WAL position, if it answered as a primary."""
     return next(
@@ -262,10 +290,27 @@ def sweep(cluster: Cluster) -> list[Observation]:
 
 def probe_and_record(cluster: Cluster) -> list[Observation]:
     """Steps 1-4 of a sweep: probes, HealthCheck rows, Endpoint status, topology, alerts."""
-    endpoints = list(cluster.endpoints.filter(enabled=True).select_related("cluster"))
+    endpoints = probe_order(cluster.endpoints.filter(enabled=True).select_related("cluster"))
     started = time.monotonic()
-    results = check_endpoints(endpoints, timeout_s=cluster.probe_timeout_s)
+    swept = sweep_endpoints(
+        endpoints,
+        timeout_s=cluster.probe_timeout_s,
+        suspects=[endpoint.pk for endpoint in endpoints if is_suspect(endpoint)],
+    )
     probe_phase_s = time.monotonic() - started
+    results = [(endpoint, result) for endpoint, result in swept if result is not None]
+    if len(results) < len(swept):
+        unprobed = [endpoint.name for endpoint, result in swept if result is None]
+        logger.warning(
+            "cluster %s: %d of %d endpoints could not be probed within the %g s probe "
+            "timeout (this process or the machine is short of CPU for that many fresh "
+            "connections); they go first next sweep: %s",
+            cluster,
+            len(unprobed),
+            len(swept),
+            cluster.probe_timeout_s,
+            _names(unprobed),
+        )
     starved = sweep_was_starved(probe_phase_s, cluster.probe_timeout_s)
     if starved:
         logger.warning(

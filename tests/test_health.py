@@ -13,17 +13,21 @@ import threading
 import time
 import types
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
+from django.utils import timezone
 
 import endpoints
-from endpoints import routing, topology
+from endpoints import probe, routing, topology
 from endpoints.health import (
     Observation,
+    is_suspect,
     next_state,
     observe,
+    probe_order,
     replication_lag_bytes,
     routing_relevant_change,
     sweep,
@@ -249,6 +253,75 @@ def test_a_hung_endpoint_costs_one_probe_timeout_and_goes_down_while_the_others_
     assert (hung.state, hung.consecutive_failures, hung.health_score) == (State.DOWN, 2, 0)
     assert HealthCheck.objects.filter(endpoint__cluster=local_cluster).count() == 8
     assert HealthCheck.objects.filter(endpoint=hung, ok=False, score=0).count() == 2
+
+
+def test_endpoints_a_sweep_had_no_time_for_are_left_as_they_were_and_go_first_next(
+    local_cluster: Cluster,
+    silent_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    pgwarden_logs: pytest.LogCaptureFixture,
+) -> None:
+    # A machine short of CPU, in miniature: one connection set-up at a time, and a host
+    # that hangs keeps its turn for the whole sweep.
+    monkeypatch.setattr(probe, "MAX_CONCURRENT_SETUPS", 1)
+    monkeypatch.setattr(probe, "SETUP_TURN_S", 10.0)
+    configure(local_cluster, probe_timeout_s=1.0)
+    add_endpoint(local_cluster, "hung1", silent_port)
+    add_endpoint(local_cluster, "hung2", silent_port)
+
+    first, elapsed = timed_sweep(local_cluster)
+
+    assert elapsed < 1.0 + MARGIN_S
+    # The primary first, then the others in order; hung1 holds the only turn till the end.
+    assert set(first) == {"primary", "replica1", "replica2", "hung1"}
+    assert first["hung1"].consecutive_failures == 1
+    hung2 = Endpoint.objects.get(cluster=local_cluster, name="hung2")
+    assert (hung2.last_checked_at, hung2.consecutive_failures, hung2.state) == (
+        None,
+        0,
+        State.UNKNOWN,
+    )
+    assert not HealthCheck.objects.filter(endpoint=hung2).exists()
+    assert "1 of 5 endpoints could not be probed within the 1 s probe timeout" in pgwarden_logs.text
+    assert "hung2" in pgwarden_logs.text
+
+    # Next sweep: hung1, whose probe failed, starts at once, outside the turns; hung2, the
+    # longest unprobed, comes right after the primary, and keeps the turn in its turn.
+    second, _ = timed_sweep(local_cluster)
+    assert set(second) == {"primary", "hung1", "hung2"}
+    assert second["hung1"].consecutive_failures == 2
+    assert second["hung2"].consecutive_failures == 1
+
+    # Both hung hosts are now suspects: every healthy endpoint gets its turn again.
+    third, _ = timed_sweep(local_cluster)
+    assert set(third) == {"primary", "replica1", "replica2", "hung1", "hung2"}
+
+
+def test_probe_order_is_the_primary_then_the_longest_unprobed() -> None:
+    cluster = Cluster(name="c")
+    now = timezone.now()
+
+    def endpoint(pk: int, role: str, checked_s_ago: float | None) -> Endpoint:
+        checked = None if checked_s_ago is None else now - timedelta(seconds=checked_s_ago)
+        return Endpoint(pk=pk, cluster=cluster, name=f"e{pk}", role=role, last_checked_at=checked)
+
+    endpoints = [
+        endpoint(1, Role.REPLICA, 1),
+        endpoint(2, Role.REPLICA, None),
+        endpoint(3, Role.PRIMARY, 0),
+        endpoint(4, Role.REPLICA, 5),
+        endpoint(5, Role.REPLICA, None),
+    ]
+
+    assert [e.pk for e in probe_order(endpoints)] == [3, 2, 5, 4, 1]
+
+
+def test_an_endpoint_whose_last_probe_failed_is_a_suspect() -> None:
+    cluster = Cluster(name="c")
+    assert not is_suspect(Endpoint(cluster=cluster, state=State.HEALTHY))
+    assert not is_suspect(Endpoint(cluster=cluster, state=State.UNKNOWN))
+    assert is_suspect(Endpoint(cluster=cluster, state=State.HEALTHY, last_error="no answer"))
+    assert is_suspect(Endpoint(cluster=cluster, state=State.DOWN))
 
 
 def test_many_hung_endpoints_still_cost_one_probe_timeout(

@@ -6,11 +6,12 @@ import time
 
 import pytest
 
+from endpoints import probe as probe_module
 from endpoints.conninfo import ConnectionInfo
 from endpoints.crypto import Secret
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint, Role
-from endpoints.probe import ProbeResult, check_endpoint, check_endpoints, probe
+from endpoints.probe import ProbeResult, check_endpoint, check_endpoints, probe, sweep_endpoints
 
 # Scheduling slack on a loaded machine; far below the next whole second of a missed deadline.
 MARGIN_S = 1.0  # generous: CI machines have 2 cores and may be busy
@@ -188,3 +189,84 @@ def test_check_endpoint_reports_an_undecryptable_password(local_cluster: Cluster
 
     assert result.ok is False
     assert "PGWARDEN_ENCRYPTION_KEYS" in result.error
+
+
+# Sweeps: sweep_endpoints
+
+
+def _hung(cluster: Cluster, port: int, count: int, prefix: str = "hung") -> list[Endpoint]:
+    return [
+        Endpoint.objects.create(
+            cluster=cluster, name=f"{prefix}{index}", host="127.0.0.1", port=port, sslmode="disable"
+        )
+        for index in range(count)
+    ]
+
+
+@pytest.mark.django_db
+def test_sweep_endpoints_starts_suspects_at_once_each_with_its_full_timeout(
+    silent_port: int,
+) -> None:
+    endpoints = _silent_cluster("hung", [silent_port] * 6)
+
+    started = time.monotonic()
+    results = sweep_endpoints(
+        endpoints, timeout_s=1.0, suspects=[e.pk for e in endpoints], max_setups=1
+    )
+    elapsed = time.monotonic() - started
+
+    # One turn at a time would not matter: suspects do not wait for turns.
+    assert all(result is not None and result.timed_out for _, result in results), results
+    assert all("within 1 s" in result.error for _, result in results if result is not None)
+    assert 1.0 <= elapsed < 1.0 + MARGIN_S
+
+
+def test_sweep_endpoints_leaves_unprobed_what_never_got_a_turn(
+    local_cluster: Cluster, silent_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One turn, held by a host that hangs for longer than the whole sweep.
+    monkeypatch.setattr(probe_module, "SETUP_TURN_S", 10.0)
+    [hung] = _hung(local_cluster, silent_port, 1)
+    primary = local_cluster.endpoints.select_related("cluster").get(role=Role.PRIMARY)
+
+    started = time.monotonic()
+    results = dict(sweep_endpoints([hung, primary], timeout_s=1.0, max_setups=1))
+    elapsed = time.monotonic() - started
+
+    failed = results[hung]
+    assert failed is not None
+    assert (failed.ok, failed.timed_out) == (False, True)
+    # Not a failure of the primary: it was never probed, and says so with None.
+    assert results[primary] is None
+    assert elapsed < 1.0 + MARGIN_S
+
+
+def test_sweep_endpoints_hosts_that_newly_hang_give_up_their_turns(
+    local_cluster: Cluster, silent_port: int
+) -> None:
+    # Two turns, three hosts that newly hang first in line: each waits SETUP_TURN_S, not
+    # the probe timeout, before the next starts, so the healthy endpoints all answer.
+    hung = _hung(local_cluster, silent_port, 3)
+    healthy = list(local_cluster.endpoints.select_related("cluster").exclude(port=silent_port))
+
+    results = dict(sweep_endpoints([*hung, *healthy], timeout_s=1.5, max_setups=2))
+
+    answered = {e.name: r.ok if r is not None else None for e, r in results.items()}
+    assert answered == {"primary": True, "replica1": True, "replica2": True} | {
+        "hung0": False,
+        "hung1": False,
+        # Started SETUP_TURN_S late, so cut short by the sweep's deadline before its own
+        # timeout: unprobed, not failed.
+        "hung2": None,
+    }
+    assert all(r.timed_out for e, r in results.items() if r is not None and e in hung)
+
+
+def test_a_timed_out_probe_says_so_and_a_refused_one_does_not(
+    pg_cluster: LocalPostgresCluster, silent_port: int, closed_port: int
+) -> None:
+    hung = probe(_info(pg_cluster, port=silent_port), timeout_s=0.5)
+    refused = probe(_info(pg_cluster, port=closed_port), timeout_s=0.5)
+
+    assert (hung.ok, hung.timed_out) == (False, True)
+    assert (refused.ok, refused.timed_out) == (False, False)
