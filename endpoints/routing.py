@@ -355,10 +355,13 @@ class Router:
         timeout_ms: int | None = None,
         max_rows: int | None = None,
         min_lsn: str | None = None,
+        read_only: bool = False,
     ) -> QueryResult:
         _check_sql(sql_text)
         if timeout_ms is not None or max_rows is not None:
             _check_limits(timeout_ms, max_rows)
+        if read_only and intent == "write":
+            raise ValueError("read_only=True cannot run a statement meant to write")
         view, runtime = self._cluster(cluster)
         classification = None
         if intent == "auto":
@@ -382,14 +385,15 @@ class Router:
             watchdog.arm(checkout.conn, _deadline_s(endpoint, timeout_ms))
             t0 = time.perf_counter()
             try:
-                if timeout_ms is None and max_rows is None:
+                if timeout_ms is None and max_rows is None and not read_only:
                     result = _execute(checkout.conn, sql_text, params, max_rows=None, stream=False)
                 else:
                     result = _run_statement(
                         checkout.conn,
                         sql_text,
                         params,
-                        read=request.kind == "read",
+                        read=request.kind == "read" or read_only,
+                        read_only=read_only,
                         timeout_ms=timeout_ms,
                         max_rows=max_rows,
                         stream=can_stream and request.kind == "read",
@@ -788,14 +792,19 @@ def _run_statement(
     params: Any,
     *,
     read: bool,
+    read_only: bool = False,
     timeout_ms: int | None,
     max_rows: int | None,
     stream: bool,
 ) -> QueryResult:
-    if timeout_ms:
+    if timeout_ms or read_only:
         # A transaction scopes the timeout (SET LOCAL); reads are rolled back, not committed.
         with conn.transaction(force_rollback=read):
-            _set_local_timeout(conn, timeout_ms)
+            if read_only:
+                # Before the statement, so the server refuses any write it might do.
+                conn.execute("SET TRANSACTION READ ONLY")
+            if timeout_ms:
+                _set_local_timeout(conn, timeout_ms)
             return _execute(conn, sql_text, params, max_rows=max_rows, stream=stream)
     return _execute(conn, sql_text, params, max_rows=max_rows, stream=stream)
 
@@ -1045,6 +1054,7 @@ def execute(
     timeout_ms: int | None = None,
     max_rows: int | None = None,
     min_lsn: str | None = None,
+    read_only: bool = False,
 ) -> QueryResult:
     """Run one SQL string on the endpoint the routing rules choose.
 
@@ -1052,6 +1062,9 @@ def execute(
     ``"write"`` overrides it. ``max_rows`` caps the rows returned (``truncated``
     says so); ``timeout_ms`` bounds it on the server; ``min_lsn`` (from a write's
     result) keeps the read off replicas that have not replayed that write.
+    ``read_only=True`` runs it in a ``READ ONLY`` transaction that is always rolled
+    back, so the server itself refuses any write the classifier could not see (a
+    function that writes, called by a view).
     """
     return get_router().execute(
         cluster,
@@ -1062,6 +1075,7 @@ def execute(
         timeout_ms=timeout_ms,
         max_rows=max_rows,
         min_lsn=min_lsn,
+        read_only=read_only,
     )
 
 

@@ -657,3 +657,30 @@ def test_endpoints_added_and_removed_take_effect_without_restart(
     results = [routing.execute("local", PORT_SQL) for _ in range(6)]
     assert {r.endpoint for r in results} == {"replica1", "replica2b"}
     assert {served_by(pg_cluster, r) for r in results if r.endpoint == "replica2b"} == {"replica2"}
+
+
+def test_read_only_refuses_a_write_the_classifier_cannot_see(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    # A view whose function writes: the SQL text reads, the execution would write.
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION routing_sneaky() RETURNS int LANGUAGE sql AS "
+            "$$ INSERT INTO routing_t (note) VALUES ('sneaky') RETURNING id $$"
+        )
+        conn.execute("CREATE OR REPLACE VIEW routing_sneaky_v AS SELECT routing_sneaky() AS id")
+    configure(cluster, read_preference="primary")
+
+    with pytest.raises(QueryError) as refused:
+        routing.execute("local", "SELECT id FROM routing_sneaky_v", read_only=True)
+
+    assert refused.value.sqlstate == "25006"  # read_only_sql_transaction
+    assert row_count(pg_cluster) == 0
+    # Without it, the same read (on the primary) writes: the guard is what stopped it.
+    routing.execute("local", "SELECT id FROM routing_sneaky_v")
+    assert row_count(pg_cluster) == 1
+    # A plain read in read-only mode still answers, and leaves no transaction open.
+    result = routing.execute("local", "SELECT count(*) AS n FROM routing_t", read_only=True)
+    assert result.rows == [{"n": 1}]
+    with pytest.raises(ValueError, match="read_only"):
+        routing.execute("local", "SELECT 1", intent="write", read_only=True)
