@@ -252,7 +252,7 @@ class ClusterAdmin(admin.ModelAdmin):
     def topology(self, cluster: Cluster) -> SafeString | str:
         if cluster.pk is None:
             return "—"
-        endpoints = list(cluster.endpoints.order_by("-role", "name"))
+        endpoints = list(cluster.endpoints.order_by("role", "name"))  # the primary first
         primary = next((e for e in endpoints if e.role == Role.PRIMARY and e.enabled), None)
         rows = format_html_join(
             "",
@@ -325,11 +325,16 @@ class ClusterAdmin(admin.ModelAdmin):
         ]
 
     def check_now_view(self, request: HttpRequest, object_id: int) -> HttpResponseRedirect:
-        from endpoints.health import sweep
+        from endpoints.health import sweep_now
 
         cluster = get_object_or_404(Cluster, pk=object_id)
         if request.method == "POST" and self.has_change_permission(request, cluster):
-            for observation in sweep(cluster):
+            # Under the sweep lock, as scheduled sweeps: never two at once (failures
+            # counted twice, split brain handled twice).
+            report, observations = sweep_now(cluster.pk)
+            if not report.swept:
+                messages.warning(request, f"No check now: {report.skipped_because}.")
+            for observation in observations:
                 report_check(request, observation.endpoint, observation.result)
         return HttpResponseRedirect(reverse("admin:endpoints_cluster_change", args=[object_id]))
 

@@ -446,21 +446,28 @@ def sweep_lock(client: redis.Redis, cluster: Cluster) -> Lock:
 
 def sweep_exclusively(cluster_id: int, *, client: redis.Redis | None = None) -> SweepReport:
     """Sweep the cluster unless another sweep of it holds the lock; then skip, not wait."""
+    return sweep_now(cluster_id, client=client)[0]
+
+
+def sweep_now(
+    cluster_id: int, *, client: redis.Redis | None = None
+) -> tuple[SweepReport, list[Observation]]:
+    """:func:`sweep_exclusively`, with the observations (an operator's "check now")."""
     started = time.monotonic()
     cluster = Cluster.objects.filter(pk=cluster_id).first()
     if cluster is None:
-        return SweepReport(cluster_id, swept=False, skipped_because="the cluster was removed")
+        return SweepReport(cluster_id, swept=False, skipped_because="the cluster was removed"), []
     lock = sweep_lock(client or _redis(), cluster)
     try:
         acquired = lock.acquire(blocking=False)
     except redis.RedisError as exc:
         # Without the lock two sweeps could overlap (and react twice): skip instead.
         logger.error("no sweep of %s: the sweep lock is unreachable in Redis (%s)", cluster, exc)
-        return SweepReport(cluster_id, swept=False, skipped_because=f"Redis unreachable: {exc}")
+        return SweepReport(cluster_id, swept=False, skipped_because=f"Redis unreachable: {exc}"), []
     if not acquired:
         return SweepReport(
             cluster_id, swept=False, skipped_because="another sweep of this cluster is running"
-        )
+        ), []
     try:
         observations = probe_and_record(cluster)
         if needs_reaction(cluster, observations):
@@ -468,13 +475,14 @@ def sweep_exclusively(cluster_id: int, *, client: redis.Redis | None = None) -> 
             react(cluster, observations)
     finally:
         _release(lock, cluster)
-    return SweepReport(
+    report = SweepReport(
         cluster_id,
         swept=True,
         endpoints=len(observations),
         available=sum(o.available for o in observations),
         elapsed_s=round(time.monotonic() - started, 3),
     )
+    return report, observations
 
 
 def _extend(lock: Lock, ttl_s: float) -> None:

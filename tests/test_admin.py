@@ -615,7 +615,7 @@ def test_cluster_page_shows_topology_alerts_and_failover_history(
 
 @pytest.mark.django_db(transaction=True)
 def test_check_now_button_sweeps_the_cluster_and_reports_each_endpoint(
-    admin_client: Client, local_cluster: Cluster
+    admin_client: Client, local_cluster: Cluster, redis_server: Any
 ) -> None:
     url = reverse("admin:endpoints_cluster_check_now", args=[local_cluster.pk])
     response = admin_client.post(url, follow=True)
@@ -626,6 +626,24 @@ def test_check_now_button_sweeps_the_cluster_and_reports_each_endpoint(
     assert HealthCheck.objects.filter(endpoint__cluster=local_cluster).count() == 3
     assert admin_client.get(url).status_code == 302  # GET changes nothing
     assert HealthCheck.objects.filter(endpoint__cluster=local_cluster).count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_check_now_never_overlaps_a_running_sweep(
+    admin_client: Client, local_cluster: Cluster, redis_server: Any
+) -> None:
+    from endpoints.health import _redis, sweep_lock
+
+    lock = sweep_lock(_redis(), local_cluster)
+    assert lock.acquire(blocking=False)  # a scheduled sweep is running
+    try:
+        url = reverse("admin:endpoints_cluster_check_now", args=[local_cluster.pk])
+        response = admin_client.post(url, follow=True)
+    finally:
+        lock.release()
+
+    assert messages_of(response) == ["No check now: another sweep of this cluster is running."]
+    assert not HealthCheck.objects.filter(endpoint__cluster=local_cluster).exists()
 
 
 # Failover and switchover from the cluster page
