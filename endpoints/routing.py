@@ -894,10 +894,27 @@ def _type_name(cur: psycopg.Cursor[Any], oid: int) -> str:
     if name is not None:
         return name
     info = cur.adapters.types.get(oid)
-    name = info.name if info is not None else str(oid)
+    if info is None:
+        name = _server_type_name(cur.connection, oid)
+    elif oid == info.array_oid:  # the registry indexes arrays under their element type
+        name = f"{info.name}[]"
+    else:
+        name = info.name
     if oid < _FIRST_USER_OID:
         _BUILTIN_TYPE_NAMES[oid] = name
     return name
+
+
+def _server_type_name(conn: psycopg.Connection[Any], oid: int) -> str:
+    """A type psycopg does not know (an enum, a domain...): the server names it.
+
+    Not cached: user types' OIDs differ between databases and come back after a DROP.
+    """
+    try:
+        row = conn.execute("SELECT format_type(%s, NULL)", [oid]).fetchone()
+    except psycopg.Error:
+        return str(oid)
+    return str(row[0]) if row and row[0] else str(oid)
 
 
 # How long past its statement timeout a query may go unanswered before the watchdog cuts
