@@ -34,7 +34,7 @@ def main() -> int:
     from django.conf import settings
     from django.core.management import call_command
 
-    from bench import failover_bench, health_bench, routing_bench
+    from bench import failover_bench, health_bench, mcp_bench, routing_bench
     from endpoints.localcluster import LocalPostgresCluster, local_redis_for_url
     from endpoints.localstack import register_local_cluster
 
@@ -53,6 +53,7 @@ def main() -> int:
         register_local_cluster(cluster)
         started = time.monotonic()
         rows = routing_bench.run(cluster, quick=args.quick)
+        rows += mcp_bench.run(quick=args.quick)
         # The others start clusters of their own (failover kills servers; sweeps need many).
         rows += failover_bench.run(quick=args.quick)
         rows += health_bench.run(quick=args.quick)

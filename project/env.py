@@ -366,6 +366,30 @@ VARIABLES: dict[str, Variable] = {
             default="pgwarden@localhost",
         ),
         Variable(
+            "PGWARDEN_MCP_CLUSTER",
+            "Cluster the MCP server (manage.py run_mcp) uses when a tool names none; blank: "
+            "--cluster, else the only registered cluster.",
+            "local",
+            _text,
+            default="",
+        ),
+        Variable(
+            "PGWARDEN_MCP_ALLOW_WRITES",
+            "Offer the MCP write tools (execute, transaction, EXPLAIN ANALYZE of writes) "
+            "without --allow-writes.",
+            "false",
+            parse_bool,
+            default="false",
+        ),
+        Variable(
+            "PGWARDEN_MCP_ALLOW_ADMIN",
+            "Offer the MCP admin tools (check_health, failover, add/remove/set endpoint) "
+            "without --allow-admin.",
+            "false",
+            parse_bool,
+            default="false",
+        ),
+        Variable(
             "EMAIL_URL",
             "How to send email: smtp://host:25, smtp+tls://user:password@host:587 "
             "(STARTTLS), smtp+ssl://user:password@host:465, or consolemail:// (print it).",

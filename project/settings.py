@@ -132,6 +132,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
 }
 PGWARDEN_HEALTH_RETENTION_DAYS = env.read("PGWARDEN_HEALTH_RETENTION_DAYS")
 
+# The MCP server's defaults (manage.py run_mcp): read-only, no admin tools.
+PGWARDEN_MCP_CLUSTER = env.read("PGWARDEN_MCP_CLUSTER")
+PGWARDEN_MCP_ALLOW_WRITES = env.read("PGWARDEN_MCP_ALLOW_WRITES")
+PGWARDEN_MCP_ALLOW_ADMIN = env.read("PGWARDEN_MCP_ALLOW_ADMIN")
+
 # Alerts: always logged; emailed to ADMINS (mail_admins) and POSTed to the webhook when set.
 PGWARDEN_ALERT_WEBHOOK_URL = env.read("PGWARDEN_ALERT_WEBHOOK_URL")
 ADMINS = [(address, address) for address in env.read("PGWARDEN_ALERT_EMAILS")]

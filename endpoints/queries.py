@@ -1,0 +1,367 @@
+"""Guarded SQL services for an assistant: reads, writes, transactions and EXPLAIN.
+
+Each checks its arguments and the SQL (:mod:`endpoints.sqlguard`), runs it through the
+routing service (:mod:`endpoints.routing`) and returns plain JSON-safe data
+(:mod:`endpoints.jsonsafe`). Reads run in a ``READ ONLY`` transaction that is rolled back, so
+the server refuses writes that the SQL text does not show (a view calling a writing function).
+Errors: ``ValueError`` for bad arguments, :class:`sqlguard.Refused` for refused SQL, and the
+routing errors (``QueryError``, ``WriteOutcomeUnknown``...) unchanged, except that a failed
+transaction says which statement failed and that nothing was committed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+
+from endpoints import routing, sqlguard
+from endpoints.jsonsafe import shape_rows, to_json
+from endpoints.pools import watchdog
+
+DEFAULT_MAX_ROWS = 500
+MAX_ROWS_LIMIT = 10_000
+DEFAULT_TIMEOUT_MS = 30_000
+MAX_TIMEOUT_MS = 600_000
+DEFAULT_MAX_BYTES = 1_000_000
+MAX_BYTES_LIMIT = 50_000_000
+MAX_TRANSACTION_STATEMENTS = 100
+
+Params = Sequence[Any] | dict[str, Any] | None
+
+
+def read_query(
+    cluster: str,
+    sql: str,
+    params: Params = None,
+    *,
+    read_preference: str | None = None,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> dict[str, Any]:
+    """Run one read-only statement; at most ``max_rows`` rows and ``max_bytes`` of JSON.
+
+    Returns ``{"columns": [{"name", "type"}], "rows", "row_count", "truncated", "endpoint",
+    "role", "elapsed_ms"}``.
+    """
+    _check_statement(cluster, sql, params)
+    _check_int("max_rows", max_rows, MAX_ROWS_LIMIT)
+    _check_int("timeout_ms", timeout_ms, MAX_TIMEOUT_MS)
+    _check_int("max_bytes", max_bytes, MAX_BYTES_LIMIT)
+    sqlguard.check_read(sql, has_params=params is not None)
+    result = routing.execute(
+        cluster,
+        sql,
+        params,
+        # The guard classified it a read already (a cache hit now); "auto" hands the
+        # router that classification, which lets it stream: it stops reading after
+        # max_rows instead of holding a huge result in memory.
+        intent="auto",
+        read_only=True,
+        read_preference=read_preference,
+        timeout_ms=timeout_ms,
+        max_rows=max_rows,
+    )
+    rows, cut = shape_rows(result.rows, max_bytes)
+    return {
+        "columns": _columns(result),
+        "rows": rows,
+        "row_count": len(rows),
+        "truncated": result.truncated or cut,
+        "endpoint": result.endpoint,
+        "role": result.role,
+        "elapsed_ms": round(result.elapsed_ms, 3),
+    }
+
+
+def write_statement(
+    cluster: str, sql: str, params: Params = None, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+) -> dict[str, Any]:
+    """Run one statement that may write, on the primary, and commit it.
+
+    Returns ``{"rows_affected", "columns", "rows" (RETURNING rows), "truncated", "status"
+    (the command tag), "endpoint", "role", "elapsed_ms", "lsn"}``. A lost connection raises
+    ``routing.WriteOutcomeUnknown``: the write may or may not have been applied.
+    """
+    _check_statement(cluster, sql, params)
+    _check_int("timeout_ms", timeout_ms, MAX_TIMEOUT_MS)
+    sqlguard.check_write(sql, has_params=params is not None)
+    result = routing.execute(
+        cluster, sql, params, intent="write", timeout_ms=timeout_ms, max_rows=DEFAULT_MAX_ROWS
+    )
+    rows, cut = shape_rows(result.rows, DEFAULT_MAX_BYTES)
+    return {
+        "rows_affected": result.rowcount,
+        "columns": _columns(result),
+        "rows": rows,
+        "truncated": result.truncated or cut,
+        "status": result.status,
+        "endpoint": result.endpoint,
+        "role": result.role,
+        "elapsed_ms": round(result.elapsed_ms, 3),
+        "lsn": result.lsn,
+    }
+
+
+def write_transaction(
+    cluster: str, statements: list[dict[str, Any]], *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+) -> dict[str, Any]:
+    """Run ``[{"sql": ..., "params": ...}, ...]`` in one transaction on the primary.
+
+    All or nothing: on an error nothing is committed and the ``QueryError`` says which
+    statement (1-based) failed. Returns ``{"committed": True, "statements": [{"rows_affected",
+    "status", "rows", "truncated"}], "endpoint", "role", "elapsed_ms", "lsn"}``.
+    """
+    _check_cluster(cluster)
+    _check_int("timeout_ms", timeout_ms, MAX_TIMEOUT_MS)
+    pairs = _transaction_statements(statements)
+    try:
+        results = routing.transaction(cluster, pairs, timeout_ms=timeout_ms)
+    except routing.QueryError as exc:
+        raise _nothing_committed(exc) from None
+    done = []
+    for result in results:
+        # Each statement's rows are capped like write_statement's, so a huge RETURNING
+        # cannot make the answer unbounded.
+        rows, cut = shape_rows(result.rows[:DEFAULT_MAX_ROWS], DEFAULT_MAX_BYTES)
+        done.append(
+            {
+                "rows_affected": result.rowcount,
+                "status": result.status,
+                "rows": rows,
+                "truncated": cut or len(result.rows) > DEFAULT_MAX_ROWS,
+            }
+        )
+    last = results[-1]
+    return {
+        "committed": True,
+        "statements": done,
+        "endpoint": last.endpoint,
+        "role": last.role,
+        "elapsed_ms": round(last.elapsed_ms, 3),
+        "lsn": last.lsn,
+    }
+
+
+def explain(
+    cluster: str,
+    sql: str,
+    params: Params = None,
+    *,
+    analyze: bool = False,
+    allow_writes: bool = False,
+    read_preference: str | None = None,
+    timeout_ms: int = DEFAULT_TIMEOUT_MS,
+) -> dict[str, Any]:
+    """The plan of one statement, as ``EXPLAIN (FORMAT JSON)`` gives it.
+
+    Without ``analyze`` the statement is only planned, which reads whatever it is. With
+    ``analyze`` it runs: a read in a READ ONLY transaction; a write only with
+    ``allow_writes``, on the primary, in a transaction that is rolled back (reads follow
+    ``read_preference``). Returns
+    ``{"plan": [...], "analyzed", "rolled_back", "endpoint", "role", "elapsed_ms"}``.
+    """
+    _check_statement(cluster, sql, params)
+    _check_bool("analyze", analyze)
+    _check_bool("allow_writes", allow_writes)
+    _check_int("timeout_ms", timeout_ms, MAX_TIMEOUT_MS)
+    has_params = params is not None
+    how = sqlguard.check_explain(
+        sql, has_params=has_params, analyze=analyze, allow_writes=allow_writes
+    )
+    text = f"EXPLAIN ({'ANALYZE, ' if analyze else ''}FORMAT JSON) {sql}"
+    if how == "read":
+        result = routing.execute(
+            cluster,
+            text,
+            params,
+            intent="read",
+            read_only=True,
+            read_preference=read_preference,
+            timeout_ms=timeout_ms,
+        )
+        plan = next(iter(result.rows[0].values()))
+        endpoint, role, elapsed_ms = result.endpoint, result.role, result.elapsed_ms
+    else:
+        plan, endpoint, elapsed_ms = _explain_rolled_back(cluster, text, params, timeout_ms)
+        role = "primary"
+    return {
+        "plan": to_json(plan),
+        "analyzed": analyze,
+        # Both paths roll back; this says whether there was anything to roll back.
+        "rolled_back": analyze,
+        "endpoint": endpoint,
+        "role": role,
+        "elapsed_ms": round(elapsed_ms, 3),
+    }
+
+
+# Running EXPLAIN ANALYZE of a write
+
+
+def _explain_rolled_back(
+    cluster: str, text: str, params: Params, timeout_ms: int
+) -> tuple[Any, str, float]:
+    """Run ``text`` on the primary in a transaction that is always rolled back."""
+    started = time.perf_counter()
+    endpoint = "primary"
+    try:
+        with routing.connection(cluster, intent="write") as conn:
+            endpoint = _endpoint_name(cluster, conn)
+            # The raw connection has no watchdog of its own: cut it if the server hangs.
+            watchdog.arm(conn, timeout_ms / 1000 + routing.WATCHDOG_GRACE_S)
+            try:
+                with conn.transaction(force_rollback=True):
+                    conn.execute(
+                        pgsql.SQL("SET LOCAL statement_timeout = {}").format(
+                            pgsql.Literal(f"{timeout_ms}ms")
+                        )
+                    )
+                    row = conn.execute(text, params).fetchone()
+            finally:
+                watchdog.disarm(conn)
+    except psycopg.Error as exc:
+        # Outside the connection's block, so routing counts a lost connection as a failure.
+        # Never committed, so a lost connection changed nothing: a QueryError, not
+        # WriteOutcomeUnknown.
+        raise routing.QueryError.from_psycopg(exc, endpoint) from None
+    assert row is not None  # EXPLAIN always returns its plan
+    return row[0], endpoint, (time.perf_counter() - started) * 1000
+
+
+def _endpoint_name(cluster: str, conn: psycopg.Connection[Any]) -> str:
+    # routing.connection() does not say which endpoint it chose: match the address.
+    view = routing.get_router().topology.current().cluster(cluster)
+    for endpoint in view.endpoints if view is not None else ():
+        info = endpoint.connection
+        if info is not None and (info.host, info.port) == (conn.info.host, conn.info.port):
+            return endpoint.name
+    return f"{conn.info.host}:{conn.info.port}"
+
+
+# Results
+
+
+def _columns(result: routing.QueryResult) -> list[dict[str, str]]:
+    return [
+        {"name": name, "type": type_name}
+        for name, type_name in zip(result.columns, result.column_types, strict=True)
+    ]
+
+
+def _nothing_committed(exc: routing.QueryError) -> routing.QueryError:
+    """``exc``, its message saying that the transaction was rolled back."""
+    if "nothing was committed" in exc.message:
+        return exc  # routing said so already (connection lost before COMMIT)
+    # routing names the statement (1-based) from statement_index; without one, COMMIT failed
+    # (a deferred constraint, a serialization failure), which rolls back all the same.
+    prefix = "COMMIT failed: " if exc.statement_index is None else ""
+    return routing.QueryError(
+        f"{prefix}{exc.message}; the transaction was rolled back, nothing was committed",
+        sqlstate=exc.sqlstate,
+        endpoint=exc.endpoint,
+        detail=exc.detail,
+        hint=exc.hint,
+        statement_index=exc.statement_index,
+    )
+
+
+# Arguments
+
+
+def _transaction_statements(statements: Any) -> list[tuple[str, Params]]:
+    if not isinstance(statements, list | tuple):
+        raise ValueError(
+            'statements must be a list of {"sql": ..., "params": ...} objects, '
+            f"not {type(statements).__name__}"
+        )
+    if not statements:
+        raise ValueError("statements must hold at least one statement")
+    if len(statements) > MAX_TRANSACTION_STATEMENTS:
+        raise ValueError(
+            f"statements holds {len(statements)} statements; at most "
+            f"{MAX_TRANSACTION_STATEMENTS} are allowed"
+        )
+    return [_transaction_statement(index, item) for index, item in enumerate(statements)]
+
+
+def _transaction_statement(index: int, item: Any) -> tuple[str, Params]:
+    where = f"statements[{index}]"
+    if not isinstance(item, dict):
+        raise ValueError(f'{where} must be an object {{"sql": ..., "params": ...}}')
+    unknown = sorted(str(key) for key in item if key not in ("sql", "params"))
+    if unknown:
+        raise ValueError(f"{where}: unknown key {', '.join(unknown)} (expected sql, params)")
+    text: Any = item.get("sql")
+    params: Any = item.get("params")
+    _check_sql(f"{where}.sql", text)
+    _check_params(f"{where}.params", params)
+    try:
+        sqlguard.check_write(text, has_params=params is not None)
+    except sqlguard.Refused as exc:
+        raise sqlguard.Refused(f"{where}.sql: {exc}") from None
+    return text, params
+
+
+def _check_statement(cluster: Any, sql: Any, params: Any) -> None:
+    _check_cluster(cluster)
+    _check_sql("sql", sql)
+    _check_params("params", params)
+
+
+def _check_cluster(cluster: Any) -> None:
+    if not isinstance(cluster, str) or not cluster:
+        raise ValueError(f"cluster must be a cluster name, not {cluster!r}")
+
+
+def _check_sql(name: str, sql: Any) -> None:
+    if not isinstance(sql, str):
+        raise ValueError(f"{name} must be a string, not {type(sql).__name__}")
+    if not sql.strip():
+        raise ValueError(f"{name} is empty")
+
+
+def _check_params(name: str, params: Any) -> None:
+    if params is None:
+        return
+    if isinstance(params, dict):
+        if not all(isinstance(key, str) for key in params):
+            raise ValueError(f"{name}: the names of named parameters must be strings")
+        return
+    if not isinstance(params, list | tuple):
+        raise ValueError(
+            f"{name} must be a list (for %s placeholders) or an object (for %(name)s), "
+            f"not {type(params).__name__}"
+        )
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, not {value!r}")
+
+
+def _check_int(name: str, value: Any, limit: int) -> None:
+    # bool is an int to Python, never to a caller.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, not {type(value).__name__}")
+    if not 1 <= value <= limit:
+        raise ValueError(f"{name} must be between 1 and {limit}, not {value}")
+
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_ROWS",
+    "DEFAULT_TIMEOUT_MS",
+    "MAX_BYTES_LIMIT",
+    "MAX_ROWS_LIMIT",
+    "MAX_TIMEOUT_MS",
+    "MAX_TRANSACTION_STATEMENTS",
+    "explain",
+    "read_query",
+    "write_statement",
+    "write_transaction",
+]

@@ -1,0 +1,416 @@
+"""The MCP server: pgwarden's services as Model Context Protocol tools and resources.
+
+Protocol only. Each tool parses its arguments (their JSON schema, descriptions
+included, comes from the annotations below), calls one service in ``endpoints``
+and returns its result as structured output. Every failure reaches the client as
+a tool error (``isError``) with one clear message (:func:`_tool_errors`): never
+a traceback, a password or a connection string.
+
+Which tools exist depends on what the operator allowed (:class:`BridgeConfig`):
+reads always; ``execute``, ``transaction`` and ``explain(analyze)`` of a write
+with writes allowed; ``check_health``, ``failover`` and the endpoint edits with
+admin allowed. A tool that is not allowed is not listed at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from django.core.exceptions import ValidationError
+from django.db import close_old_connections
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp_types import ToolAnnotations
+from pydantic import Field
+
+from endpoints import catalog, fleet, queries, routing
+from endpoints.crypto import redact
+from endpoints.failover import FailoverError
+from endpoints.models import Cluster
+from endpoints.sqlguard import Refused
+
+logger = logging.getLogger("pgwarden.mcp")
+
+INSTRUCTIONS = """\
+pgwarden routes SQL across a PostgreSQL cluster (a primary and streaming replicas) and
+watches its health. `query` runs one read-only statement (on a replica when the cluster's
+read preference allows) inside a READ ONLY transaction that is always rolled back; start
+with list_schemas, list_tables and describe_table to learn the schema. cluster_status and
+health_history show the fleet. Tools that write or operate the cluster are listed only
+when the operator allowed them."""
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """What the operator allowed, and the cluster used when a tool names none."""
+
+    cluster: str | None = None
+    allow_writes: bool = False
+    allow_admin: bool = False
+
+
+# Argument types: the descriptions end up in each tool's input schema.
+Sql = Annotated[str, Field(description="One SQL statement.", min_length=1)]
+Params = Annotated[
+    list[Any] | dict[str, Any] | None,
+    Field(
+        description="Query parameters: a list for %s placeholders, an object for "
+        "%(name)s placeholders. Never build SQL from values: pass them here."
+    ),
+]
+ClusterName = Annotated[
+    str | None,
+    Field(description="Cluster name; omitted: the server's default cluster."),
+]
+ReadPreference = Annotated[
+    str | None,
+    Field(
+        description="Where reads go: primary, primary_preferred, secondary, "
+        "secondary_preferred or nearest; omitted: the cluster's setting."
+    ),
+]
+MaxRows = Annotated[
+    int,
+    Field(
+        description="At most this many rows are returned (truncated is then true).",
+        ge=1,
+        le=queries.MAX_ROWS_LIMIT,
+    ),
+]
+TimeoutMs = Annotated[
+    int,
+    Field(description="Statement timeout on the server, in milliseconds.", ge=1, le=3_600_000),
+]
+EndpointName = Annotated[str, Field(description="Endpoint name, as registered.", min_length=1)]
+
+
+class _Bridge:
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+
+    def cluster(self, name: str | None) -> str:
+        """The cluster a call is about: its argument, else the default, else the only one."""
+        if name:
+            return name
+        if self.config.cluster:
+            return self.config.cluster
+        names = list(Cluster.objects.order_by("name").values_list("name", flat=True))
+        if len(names) == 1:
+            return names[0]
+        known = ", ".join(names) if names else "none is registered"
+        raise ToolError(f"cluster: no default cluster, so name one (known: {known})")
+
+
+@contextmanager
+def _tool_errors(tool: str) -> Iterator[None]:
+    """Turn pgwarden's errors into tool errors whose message the client sees."""
+    close_old_connections()
+    try:
+        yield
+    except ToolError:
+        raise
+    except Refused as exc:
+        raise ToolError(redact(str(exc))) from None
+    except routing.WriteOutcomeUnknown as exc:
+        raise ToolError(f"write outcome unknown: {redact(str(exc))}") from None
+    except routing.RoutingError as exc:
+        # QueryError (PostgreSQL's message and SQLSTATE), NoEndpointAvailable (each
+        # endpoint's reason), ClusterNotFound (the known clusters).
+        raise ToolError(redact(str(exc))) from None
+    except FailoverError as exc:
+        raise ToolError(f"failover refused: {redact(str(exc))}") from None
+    except ValidationError as exc:
+        raise ToolError(f"invalid input: {redact('; '.join(_messages(exc)))}") from None
+    except (ValueError, TypeError, LookupError) as exc:
+        raise ToolError(f"invalid argument: {redact(str(exc))}") from None
+    except Exception as exc:
+        # A bug or an outage we did not foresee: the log gets the traceback (secrets
+        # scrubbed by the logging filter), the client one line.
+        logger.exception("tool %s failed", tool)
+        raise ToolError(
+            f"{tool} failed: {type(exc).__name__} (details in the server's log)"
+        ) from None
+    finally:
+        close_old_connections()
+
+
+def _messages(exc: ValidationError) -> list[str]:
+    if hasattr(exc, "message_dict"):
+        return [f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items()]
+    return list(exc.messages)
+
+
+READ = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=False)
+OPERATE = ToolAnnotations(
+    read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+)
+
+
+def build_server(config: BridgeConfig) -> MCPServer:
+    """The MCP server for ``config``: its tools, and the cluster resources."""
+    server: MCPServer = MCPServer(name="pgwarden", instructions=INSTRUCTIONS)
+    bridge = _Bridge(config)
+    _add_read_tools(server, bridge)
+    if config.allow_writes:
+        _add_write_tools(server, bridge)
+    if config.allow_admin:
+        _add_admin_tools(server, bridge)
+    _add_resources(server, bridge)
+    return server
+
+
+def _add_read_tools(server: MCPServer, bridge: _Bridge) -> None:
+    allow_writes = bridge.config.allow_writes
+
+    @server.tool(annotations=READ)
+    def query(
+        sql: Sql,
+        params: Params = None,
+        cluster: ClusterName = None,
+        read_preference: ReadPreference = None,
+        max_rows: MaxRows = queries.DEFAULT_MAX_ROWS,
+        timeout_ms: TimeoutMs = queries.DEFAULT_TIMEOUT_MS,
+    ) -> dict[str, Any]:
+        """Run one read-only SQL statement and return its rows.
+
+        The statement must be a read (SELECT, VALUES, TABLE, SHOW, EXPLAIN): anything
+        else is refused before it is sent, as are functions that read server files or
+        reach other servers. It runs in a READ ONLY transaction that is always rolled
+        back, with the statement timeout set. Values come back JSON-safe: numeric as
+        strings, timestamps in ISO 8601, bytea in base64, json as values.
+        """
+        with _tool_errors("query"):
+            return queries.read_query(
+                bridge.cluster(cluster),
+                sql,
+                params,
+                read_preference=read_preference,
+                max_rows=max_rows,
+                timeout_ms=timeout_ms,
+            )
+
+    @server.tool(annotations=READ)
+    def explain(
+        sql: Sql,
+        params: Params = None,
+        analyze: Annotated[
+            bool,
+            Field(
+                description="Run the statement to measure it (EXPLAIN ANALYZE). Reads only, "
+                "unless writes are allowed; a write is then rolled back."
+            ),
+        ] = False,
+        cluster: ClusterName = None,
+    ) -> dict[str, Any]:
+        """The query plan of one statement, as PostgreSQL's JSON plan."""
+        with _tool_errors("explain"):
+            return queries.explain(
+                bridge.cluster(cluster),
+                sql,
+                params,
+                analyze=analyze,
+                allow_writes=allow_writes,
+            )
+
+    @server.tool(annotations=READ)
+    def list_schemas(cluster: ClusterName = None) -> dict[str, Any]:
+        """The cluster's schemas (system schemas left out), with their owner and table count."""
+        with _tool_errors("list_schemas"):
+            return {"schemas": catalog.list_schemas(bridge.cluster(cluster))}
+
+    @server.tool(annotations=READ)
+    def list_tables(
+        schema: Annotated[
+            str | None, Field(description="Only this schema; omitted: every user schema.")
+        ] = None,
+        cluster: ClusterName = None,
+    ) -> dict[str, Any]:
+        """Tables, views and materialized views, with their kind and estimated row count."""
+        with _tool_errors("list_tables"):
+            return {"tables": catalog.list_tables(bridge.cluster(cluster), schema)}
+
+    @server.tool(annotations=READ)
+    def describe_table(
+        table: Annotated[str, Field(description="Table name, or schema.table.", min_length=1)],
+        schema: Annotated[str | None, Field(description="The table's schema.")] = None,
+        cluster: ClusterName = None,
+    ) -> dict[str, Any]:
+        """A table's columns (type, nullability, default), keys, foreign keys and indexes."""
+        with _tool_errors("describe_table"):
+            return catalog.describe_table(bridge.cluster(cluster), table, schema)
+
+    @server.tool(annotations=READ)
+    def database_info(cluster: ClusterName = None) -> dict[str, Any]:
+        """Per endpoint: server version, database, user, connections, role, pool settings."""
+        with _tool_errors("database_info"):
+            return fleet.database_info(bridge.cluster(cluster))
+
+    @server.tool(annotations=READ)
+    def cluster_status(cluster: ClusterName = None) -> dict[str, Any]:
+        """Endpoints with role, state, health score, latency, lag, circuit and pool; totals."""
+        with _tool_errors("cluster_status"):
+            return fleet.cluster_status(bridge.cluster(cluster))
+
+    @server.tool(annotations=READ)
+    def health_history(
+        endpoint: EndpointName,
+        cluster: ClusterName = None,
+        since_minutes: Annotated[
+            int, Field(description="How far back, in minutes.", ge=1, le=10_080)
+        ] = 60,
+        limit: Annotated[int, Field(description="At most this many checks.", ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """An endpoint's recent health checks, newest first, with a summary."""
+        with _tool_errors("health_history"):
+            return fleet.health_history(
+                bridge.cluster(cluster), endpoint, since_minutes=since_minutes, limit=limit
+            )
+
+
+def _add_write_tools(server: MCPServer, bridge: _Bridge) -> None:
+    @server.tool(annotations=WRITE)
+    def execute(
+        sql: Sql,
+        params: Params = None,
+        cluster: ClusterName = None,
+        timeout_ms: TimeoutMs = queries.DEFAULT_TIMEOUT_MS,
+    ) -> dict[str, Any]:
+        """Run one statement on the primary and commit it: rows_affected, RETURNING rows.
+
+        If the connection is lost after the statement was sent, the outcome is unknown
+        and reported as such: it is never retried.
+        """
+        with _tool_errors("execute"):
+            return queries.write_statement(
+                bridge.cluster(cluster), sql, params, timeout_ms=timeout_ms
+            )
+
+    @server.tool(annotations=WRITE)
+    def transaction(
+        statements: Annotated[
+            list[dict[str, Any]],
+            Field(
+                description='Statements run in order in one transaction: [{"sql": "...", '
+                '"params": [...]}]. All are committed, or none.',
+                min_length=1,
+            ),
+        ],
+        cluster: ClusterName = None,
+        timeout_ms: TimeoutMs = queries.DEFAULT_TIMEOUT_MS,
+    ) -> dict[str, Any]:
+        """Run statements atomically on the primary; on an error, nothing is committed."""
+        with _tool_errors("transaction"):
+            return queries.write_transaction(
+                bridge.cluster(cluster), statements, timeout_ms=timeout_ms
+            )
+
+
+def _add_admin_tools(server: MCPServer, bridge: _Bridge) -> None:
+    @server.tool(annotations=READ)
+    def check_health(cluster: ClusterName = None) -> dict[str, Any]:
+        """Probe every endpoint of the cluster now and record the results."""
+        with _tool_errors("check_health"):
+            return fleet.check_health(bridge.cluster(cluster))
+
+    @server.tool(annotations=OPERATE)
+    def failover(
+        cluster: ClusterName = None,
+        to: Annotated[
+            str | None,
+            Field(description="Replica to promote; omitted: the most up-to-date one."),
+        ] = None,
+        switchover: Annotated[
+            bool,
+            Field(
+                description="Graceful: the primary stops taking writes and the replica "
+                "catches up before it is promoted, so nothing is lost."
+            ),
+        ] = False,
+    ) -> dict[str, Any]:
+        """Promote a replica to primary now (or switch over gracefully); fences the old one."""
+        with _tool_errors("failover"):
+            return fleet.failover(bridge.cluster(cluster), to=to, switchover=switchover)
+
+    @server.tool(annotations=OPERATE)
+    def add_endpoint(
+        name: EndpointName,
+        host: Annotated[str, Field(description="Host name or address.", min_length=1)],
+        port: Annotated[int, Field(description="TCP port.", ge=1, le=65535)] = 5432,
+        role: Annotated[str, Field(description="primary or replica.")] = "replica",
+        weight: Annotated[
+            int, Field(description="Load-balancing weight; 0 takes no reads.", ge=0)
+        ] = 100,
+        dbname: Annotated[
+            str | None, Field(description="Database; omitted: the primary's.")
+        ] = None,
+        user: Annotated[str | None, Field(description="User; omitted: the primary's.")] = None,
+        password: Annotated[
+            str | None,
+            Field(description="Password; omitted: the primary's. Stored encrypted."),
+        ] = None,
+        enabled: Annotated[bool, Field(description="Take traffic at once.")] = True,
+        cluster: ClusterName = None,
+    ) -> dict[str, Any]:
+        """Register an endpoint in the cluster (validated as the admin does; logged)."""
+        with _tool_errors("add_endpoint"):
+            return fleet.add_endpoint(
+                bridge.cluster(cluster),
+                name=name,
+                host=host,
+                port=port,
+                role=role,
+                weight=weight,
+                dbname=dbname,
+                user=user,
+                password=password,
+                enabled=enabled,
+            )
+
+    @server.tool(annotations=OPERATE)
+    def remove_endpoint(name: EndpointName, cluster: ClusterName = None) -> dict[str, Any]:
+        """Remove an endpoint (not the primary): routers drain and close its pools."""
+        with _tool_errors("remove_endpoint"):
+            return fleet.remove_endpoint(bridge.cluster(cluster), name)
+
+    @server.tool(annotations=OPERATE)
+    def set_endpoint(
+        name: EndpointName,
+        weight: Annotated[int | None, Field(description="New load-balancing weight.", ge=0)] = None,
+        enabled: Annotated[bool | None, Field(description="Take traffic or not.")] = None,
+        cluster: ClusterName = None,
+    ) -> dict[str, Any]:
+        """Change an endpoint's weight or enable/disable it (validated; logged)."""
+        with _tool_errors("set_endpoint"):
+            return fleet.set_endpoint(bridge.cluster(cluster), name, weight=weight, enabled=enabled)
+
+
+def _add_resources(server: MCPServer, bridge: _Bridge) -> None:
+    @server.resource(
+        "pgwarden://clusters/{name}/status",
+        mime_type="application/json",
+        description="The same as the cluster_status tool.",
+    )
+    def cluster_status_resource(name: str) -> str:
+        return _resource_json("status", lambda: fleet.cluster_status(name))
+
+    @server.resource(
+        "pgwarden://clusters/{name}/schema",
+        mime_type="application/json",
+        description="Every user table and view with its columns and their types.",
+    )
+    def cluster_schema_resource(name: str) -> str:
+        return _resource_json("schema", lambda: catalog.schema_overview(name))
+
+
+def _resource_json(kind: str, read: Any) -> str:
+    try:
+        with _tool_errors(f"{kind} resource"):
+            return json.dumps(read(), indent=2)
+    except ToolError as exc:
+        raise ResourceError(str(exc)) from None

@@ -1,0 +1,661 @@
+"""``manage.py run_mcp`` over stdio, driven by the SDK's client against the real cluster.
+
+Every test starts the server as a child process, exactly as a desktop MCP client
+does, on the test database (``django_db(transaction=True)``: the child sees only
+committed rows) and the shared local cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+
+from endpoints import routing
+from endpoints.health import sweep
+from endpoints.localcluster import LocalPostgresCluster
+from endpoints.models import Cluster, Endpoint
+from tests.conftest import ROOT, run_manage
+from tests.mcp_client import Mcp, command, mcp_server
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+READ_TOOLS = {
+    "query",
+    "explain",
+    "list_schemas",
+    "list_tables",
+    "describe_table",
+    "database_info",
+    "cluster_status",
+    "health_history",
+}
+WRITE_TOOLS = {"execute", "transaction"}
+ADMIN_TOOLS = {"check_health", "failover", "add_endpoint", "remove_endpoint", "set_endpoint"}
+
+
+def run(
+    *flags: str, env: dict[str, str] | None = None
+) -> Callable[[Callable[[Mcp], Awaitable[None]]], None]:
+    """Run an async test body against a fresh ``run_mcp FLAGS`` child."""
+
+    def runner(body: Callable[[Mcp], Awaitable[None]]) -> None:
+        async def main() -> None:
+            async with mcp_server(*flags, env=env) as mcp:
+                try:
+                    await body(mcp)
+                finally:
+                    _assert_nothing_leaked(mcp)
+
+        anyio.run(main)
+
+    return runner
+
+
+SECRETS: list[str] = []
+
+
+def _assert_nothing_leaked(mcp: Mcp) -> None:
+    for call in mcp.calls:
+        shown = call.text + json.dumps(call.data)
+        assert "Traceback" not in shown, shown
+        for secret in SECRETS:
+            assert secret not in shown, f"a password reached the client: {call.text[:200]}"
+    for secret in SECRETS:
+        assert secret not in mcp.stderr
+
+
+@pytest.fixture
+def cluster(local_cluster: Cluster, pg_cluster: LocalPostgresCluster, redis_server: Any) -> Cluster:
+    SECRETS[:] = [pg_cluster.password]
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS mcp_orders, mcp_customers CASCADE")
+        conn.execute("DROP SEQUENCE IF EXISTS mcp_seq")
+        conn.execute(
+            "CREATE TABLE mcp_customers (id serial PRIMARY KEY, name text NOT NULL UNIQUE)"
+        )
+        conn.execute(
+            "CREATE TABLE mcp_orders (id bigserial PRIMARY KEY, "
+            "customer_id int NOT NULL REFERENCES mcp_customers(id) ON DELETE CASCADE, "
+            "amount numeric(10, 2) NOT NULL DEFAULT 0, placed_at timestamptz DEFAULT now())"
+        )
+        conn.execute("CREATE SEQUENCE mcp_seq")
+        conn.execute("INSERT INTO mcp_customers (name) VALUES ('ada'), ('grace')")
+        conn.execute(
+            "INSERT INTO mcp_orders (customer_id, amount, placed_at) "
+            "VALUES (1, 12.50, '2026-01-02T03:04:05Z'), (2, 7, '2026-01-03T00:00:00Z')"
+        )
+    pg_cluster.wait_for_replay()
+    return local_cluster
+
+
+def checksum(pg_cluster: LocalPostgresCluster) -> str:
+    """Everything the corpus could change: rows, the sequence, the tables, settings."""
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
+        parts = [
+            conn.execute(
+                "SELECT string_agg(c::text, ',' ORDER BY id) FROM mcp_customers c"
+            ).fetchone(),
+            conn.execute(
+                "SELECT string_agg(o::text, ',' ORDER BY id) FROM mcp_orders o"
+            ).fetchone(),
+            conn.execute("SELECT last_value, is_called FROM mcp_seq").fetchone(),
+            conn.execute(
+                "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = 'public'"
+            ).fetchone(),
+            conn.execute(
+                "SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_settings "
+                "WHERE source NOT IN ('default', 'override', 'session')"
+            ).fetchone(),
+            conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone(),
+        ]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+# The tool list follows the flags
+
+
+def test_tools_list_follows_the_flags(cluster: Cluster) -> None:
+    seen: dict[str, set[str]] = {}
+
+    for flags in ((), ("--allow-writes",), ("--allow-admin",), ("--allow-writes", "--allow-admin")):
+
+        async def body(mcp: Mcp, flags: tuple[str, ...] = flags) -> None:
+            seen[" ".join(flags)] = await mcp.tool_names()
+            for tool in (await mcp.session.list_tools()).tools:
+                properties = tool.input_schema.get("properties", {})
+                for name, schema in properties.items():
+                    assert schema.get("description"), f"{tool.name}.{name} has no description"
+                assert tool.description
+
+        run(*flags)(body)
+
+    assert seen[""] == READ_TOOLS
+    assert seen["--allow-writes"] == READ_TOOLS | WRITE_TOOLS
+    assert seen["--allow-admin"] == READ_TOOLS | ADMIN_TOOLS
+    assert seen["--allow-writes --allow-admin"] == READ_TOOLS | WRITE_TOOLS | ADMIN_TOOLS
+
+
+def test_the_settings_enable_the_same_tools_as_the_flags(cluster: Cluster) -> None:
+    async def body(mcp: Mcp) -> None:
+        assert await mcp.tool_names() == READ_TOOLS | WRITE_TOOLS | ADMIN_TOOLS
+
+    run(env={"PGWARDEN_MCP_ALLOW_WRITES": "true", "PGWARDEN_MCP_ALLOW_ADMIN": "true"})(body)
+
+
+# Read tools
+
+
+def test_every_read_tool_answers_from_the_real_cluster(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    sweep(cluster)
+    sweep(cluster)
+
+    async def body(mcp: Mcp) -> None:
+        result = await mcp.ok(
+            "query",
+            sql="SELECT id, name FROM mcp_customers WHERE id = %s",
+            params=[2],
+            read_preference="secondary",
+        )
+        assert result["rows"] == [{"id": 2, "name": "grace"}]
+        assert result["columns"] == [
+            {"name": "id", "type": "int4"},
+            {"name": "name", "type": "text"},
+        ]
+        assert result["row_count"] == 1
+        assert result["truncated"] is False
+        assert result["role"] == "replica"
+        assert result["endpoint"] in {"replica1", "replica2"}
+        assert result["elapsed_ms"] > 0
+
+        named = await mcp.ok(
+            "query",
+            sql="SELECT amount, placed_at FROM mcp_orders WHERE customer_id = %(c)s",
+            params={"c": 1},
+        )
+        assert named["rows"] == [{"amount": "12.50", "placed_at": "2026-01-02T03:04:05+00:00"}]
+        assert named["endpoint"] == "primary"  # the cluster's preference: primary_preferred
+
+        plan = await mcp.ok("explain", sql="SELECT * FROM mcp_orders WHERE id = 1")
+        assert "Plan" in json.dumps(plan["plan"])
+        analyzed = await mcp.ok("explain", sql="SELECT count(*) FROM mcp_orders", analyze=True)
+        assert "Actual Rows" in json.dumps(analyzed["plan"])
+
+        schemas = await mcp.ok("list_schemas")
+        assert "public" in {s["name"] for s in schemas["schemas"]}
+        assert not {"pg_catalog", "information_schema"} & {s["name"] for s in schemas["schemas"]}
+
+        tables = await mcp.ok("list_tables", schema="public")
+        names = {t["name"]: t for t in tables["tables"]}
+        assert names["mcp_orders"]["kind"] == "table"
+        assert "mcp_customers" in names
+
+        described = await mcp.ok("describe_table", table="mcp_orders")
+        columns = {c["name"]: c for c in described["columns"]}
+        assert list(columns) == ["id", "customer_id", "amount", "placed_at"]
+        assert columns["amount"]["type"] == "numeric(10,2)"
+        assert columns["amount"]["nullable"] is False
+        assert columns["amount"]["default"] == "0"
+        assert columns["placed_at"]["nullable"] is True
+        assert described["primary_key"] == ["id"]
+        [foreign_key] = described["foreign_keys"]
+        assert foreign_key["columns"] == ["customer_id"]
+        assert foreign_key["references"]["table"] == "mcp_customers"
+        assert any(index["primary"] for index in described["indexes"])
+
+        info = await mcp.ok("database_info")
+        by_name = {e["name"]: e for e in info["endpoints"]}
+        assert set(by_name) == {"primary", "replica1", "replica2"}
+        assert by_name["primary"]["server_version"].startswith("15")
+        assert by_name["primary"]["in_recovery"] is False
+        assert by_name["replica1"]["in_recovery"] is True
+        assert by_name["primary"]["database"] == pg_cluster.dbname
+
+        status = await mcp.ok("cluster_status")
+        assert {e["name"]: e["role"] for e in status["endpoints"]} == {
+            "primary": "primary",
+            "replica1": "replica",
+            "replica2": "replica",
+        }
+        assert {e["state"] for e in status["endpoints"]} == {"healthy"}
+        assert status["totals"]["endpoints"] == 3
+        assert status["totals"]["available_endpoints"] == 3
+        assert status["primary"] == "primary"
+
+        history = await mcp.ok("health_history", endpoint="replica1")
+        assert len(history["checks"]) == 2
+        assert all(check["ok"] for check in history["checks"])
+        first, second = history["checks"]
+        assert first["checked_at"] >= second["checked_at"]  # newest first
+
+        resource = await mcp.resource("pgwarden://clusters/local/status")
+        assert {e["name"] for e in resource["endpoints"]} == {"primary", "replica1", "replica2"}
+        schema = await mcp.resource("pgwarden://clusters/local/schema")
+        orders = next(t for t in schema["tables"] if t["name"] == "mcp_orders")
+        assert [c["name"] for c in orders["columns"]] == [
+            "id",
+            "customer_id",
+            "amount",
+            "placed_at",
+        ]
+
+    run()(body)
+
+
+def test_large_results_are_truncated_and_timeouts_leave_the_server_serving(
+    cluster: Cluster,
+) -> None:
+    async def body(mcp: Mcp) -> None:
+        many = await mcp.ok("query", sql="SELECT generate_series(1, 5000) AS n", max_rows=100)
+        assert many["row_count"] == 100
+        assert many["truncated"] is True
+        assert many["rows"][-1] == {"n": 100}
+
+        default = await mcp.ok("query", sql="SELECT generate_series(1, 5000) AS n")
+        assert (default["row_count"], default["truncated"]) == (500, True)
+
+        # The byte cap: 2,000 rows of 10 kB each is 20 MB; far fewer rows come back.
+        wide = await mcp.ok(
+            "query",
+            sql="SELECT repeat('x', 10000) AS pad FROM generate_series(1, 2000)",
+            max_rows=2000,
+        )
+        assert wide["truncated"] is True
+        assert 0 < wide["row_count"] < 2000
+        assert len(json.dumps(wide["rows"])) <= 1_100_000
+
+        started = time.monotonic()
+        slow = await mcp.error("query", sql="SELECT pg_sleep(5)", timeout_ms=300)
+        assert time.monotonic() - started < 4
+        assert "57014" in slow  # query_canceled: statement timeout
+        assert "statement timeout" in slow
+
+        again = await mcp.ok("query", sql="SELECT 1 AS one")
+        assert again["rows"] == [{"one": 1}]
+
+    run()(body)
+
+
+def test_failures_are_tool_errors_with_one_clear_message(cluster: Cluster) -> None:
+    async def body(mcp: Mcp) -> None:
+        unknown = await mcp.error("query", sql="SELECT 1", cluster="nope")
+        assert "nope" in unknown
+        assert "local" in unknown  # the known clusters
+
+        missing = await mcp.error("query", sql="SELECT * FROM no_such_table")
+        assert "no_such_table" in missing
+        assert "42P01" in missing  # undefined_table, from PostgreSQL
+
+        negative = await mcp.error("query", sql="SELECT 1", max_rows=-1)
+        assert "max_rows" in negative
+        wrong_type = await mcp.error("query", sql=123)
+        assert "sql" in wrong_type
+        bad_preference = await mcp.error("query", sql="SELECT 1", read_preference="anywhere")
+        assert "read_preference" in bad_preference
+
+        write = await mcp.error("query", sql="DELETE FROM mcp_orders")
+        assert "DELETE" in write
+        assert "refused" in write
+
+        no_writes = await mcp.error("execute", sql="DELETE FROM mcp_orders")
+        assert "execute" in no_writes  # not offered without --allow-writes
+
+        no_endpoint = await mcp.error("health_history", endpoint="ghost")
+        assert "ghost" in no_endpoint
+        assert "replica1" in no_endpoint  # the known endpoints
+
+        no_table = await mcp.error("describe_table", table="ghost_table")
+        assert "ghost_table" in no_table
+
+        too_long = await mcp.error("health_history", endpoint="primary", since_minutes=0)
+        assert "since_minutes" in too_long
+
+    run()(body)
+
+
+# Writes
+
+
+def test_write_tools_commit_report_and_roll_back_as_they_say(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    async def body(mcp: Mcp) -> None:
+        inserted = await mcp.ok(
+            "execute",
+            sql="INSERT INTO mcp_customers (name) VALUES (%s) RETURNING id, name",
+            params=["linus"],
+        )
+        assert inserted["rows_affected"] == 1
+        assert inserted["rows"] == [{"id": 3, "name": "linus"}]
+        assert inserted["endpoint"] == "primary"
+
+        updated = await mcp.ok("execute", sql="UPDATE mcp_orders SET amount = amount + 1")
+        assert updated["rows_affected"] == 2
+
+        stacked = await mcp.error("execute", sql="SELECT 1; DELETE FROM mcp_orders")
+        assert "one statement" in stacked
+
+        done = await mcp.ok(
+            "transaction",
+            statements=[
+                {"sql": "INSERT INTO mcp_customers (name) VALUES (%s)", "params": ["barbara"]},
+                {"sql": "INSERT INTO mcp_orders (customer_id, amount) VALUES (4, 1)"},
+            ],
+        )
+        assert done["committed"] is True
+        assert [s["rows_affected"] for s in done["statements"]] == [1, 1]
+
+        failed = await mcp.error(
+            "transaction",
+            statements=[
+                {"sql": "INSERT INTO mcp_customers (name) VALUES ('margaret')"},
+                {"sql": "INSERT INTO mcp_customers (name) VALUES ('ada')"},  # unique violation
+            ],
+        )
+        assert "statement 2" in failed
+        assert "nothing was committed" in failed
+        assert "23505" in failed
+
+        plan = await mcp.ok("explain", sql="DELETE FROM mcp_orders", analyze=True)
+        assert "Actual Rows" in json.dumps(plan["plan"])
+
+    run("--allow-writes")(body)
+
+    with psycopg.connect(**pg_cluster.conninfo("primary")) as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM mcp_customers ORDER BY id")]
+        orders = conn.execute("SELECT count(*) FROM mcp_orders").fetchone()
+    assert names == ["ada", "grace", "linus", "barbara"]  # no margaret: rolled back
+    assert orders == (3,)  # EXPLAIN ANALYZE DELETE was rolled back
+
+
+def test_without_writes_explain_analyze_of_a_write_is_refused(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    before = checksum(pg_cluster)
+
+    async def body(mcp: Mcp) -> None:
+        refused = await mcp.error("explain", sql="DELETE FROM mcp_orders", analyze=True)
+        assert "refused" in refused
+        plan = await mcp.ok("explain", sql="DELETE FROM mcp_orders")  # planning only
+        assert "Delete" in json.dumps(plan["plan"])
+
+    run()(body)
+    assert checksum(pg_cluster) == before
+
+
+# The escape corpus
+
+
+ESCAPES = [
+    "COMMIT; DROP TABLE mcp_orders",
+    "ROLLBACK; DELETE FROM mcp_orders",
+    "END; DELETE FROM mcp_orders",
+    "SELECT 1; DELETE FROM mcp_orders",
+    "SELECT 1 /* ; */ ; DELETE FROM mcp_orders",
+    "-- just a comment\nDELETE FROM mcp_orders",
+    "SELECT $$;$$; DELETE FROM mcp_orders",
+    "SELECT $x$ ' $x$; UPDATE mcp_orders SET amount = 0",
+    "BEGIN",
+    "BEGIN READ WRITE; DELETE FROM mcp_orders; COMMIT",
+    "START TRANSACTION READ WRITE",
+    "SET TRANSACTION READ WRITE",
+    "SET default_transaction_read_only = off",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+    "RESET ALL",
+    "SELECT set_config('default_transaction_read_only', 'off', false)",
+    "SELECT * FROM set_config('transaction_read_only', 'off', true)",
+    "WITH gone AS (DELETE FROM mcp_orders RETURNING *) SELECT count(*) FROM gone",
+    "WITH a AS (SELECT 1), b AS (UPDATE mcp_orders SET amount = 0 RETURNING 1) SELECT * FROM a",
+    "SELECT * FROM (WITH x AS (INSERT INTO mcp_customers (name) VALUES ('x') RETURNING 1) "
+    "SELECT * FROM x) s",
+    "SELECT * INTO mcp_copy FROM mcp_orders",
+    "CREATE TABLE mcp_copy AS SELECT * FROM mcp_orders",
+    "DO $$ BEGIN DELETE FROM mcp_orders; END $$",
+    "CALL mcp_nothing()",
+    "COPY mcp_orders TO STDOUT",
+    "COPY mcp_orders FROM PROGRAM 'id'",
+    "COPY (SELECT 1) TO PROGRAM 'touch /tmp/pwned'",
+    "SELECT * FROM pg_read_file('/etc/passwd')",
+    "SELECT pg_read_file('/etc/passwd')",
+    "SELECT 1 WHERE pg_read_file('/etc/hostname') IS NOT NULL",
+    "SELECT * FROM mcp_orders o, LATERAL pg_read_binary_file('/etc/passwd') f",
+    "SELECT pg_catalog.pg_read_file('postgresql.conf')",
+    "SELECT \"pg_read_file\"('postgresql.conf')",
+    "SELECT PG_READ_FILE('postgresql.conf')",
+    "WITH f AS (SELECT pg_read_file('postgresql.conf')) SELECT * FROM f",
+    "EXPLAIN SELECT pg_read_file('postgresql.conf')",
+    "SELECT * FROM pg_ls_dir('.')",
+    "SELECT pg_stat_file('postgresql.conf')",
+    "SELECT lo_import('/etc/passwd')",
+    "SELECT lo_export(1, '/tmp/x')",
+    "SELECT dblink('host=127.0.0.1', 'DELETE FROM mcp_orders')",
+    "SELECT dblink_exec('host=127.0.0.1', 'DELETE FROM mcp_orders')",
+    "SELECT nextval('mcp_seq')",
+    "SELECT setval('mcp_seq', 100)",
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+    "SELECT pg_cancel_backend(1)",
+    "SELECT pg_reload_conf()",
+    "SELECT pg_promote()",
+    "SELECT pg_advisory_lock(1)",
+    "SELECT * FROM mcp_orders FOR UPDATE",
+    "LOCK TABLE mcp_orders",
+    "PREPARE p AS DELETE FROM mcp_orders",
+    "NOTIFY mcp, 'x'",
+    "VACUUM mcp_orders",
+    "TRUNCATE mcp_orders",
+    "ALTER SYSTEM SET default_transaction_read_only = off",
+    "EXPLAIN ANALYZE DELETE FROM mcp_orders",
+    "INSERT INTO mcp_customers (name) VALUES ('x') ON CONFLICT DO NOTHING",
+    "GRANT ALL ON mcp_orders TO PUBLIC",
+    "SELECT txid_current()",
+]
+
+
+def test_no_escape_through_query_changes_anything(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    assert len(ESCAPES) >= 40
+    before = checksum(pg_cluster)
+    messages: dict[str, str] = {}
+
+    async def body(mcp: Mcp) -> None:
+        for sql in ESCAPES:
+            messages[sql] = await mcp.error("query", sql=sql)
+        # The server keeps serving afterwards.
+        assert (await mcp.ok("query", sql="SELECT count(*) AS n FROM mcp_orders"))["rows"] == [
+            {"n": 2}
+        ]
+
+    run()(body)
+
+    assert checksum(pg_cluster) == before
+    # Refused before anything was sent: each says why, none is a server error.
+    not_refused = {sql: m for sql, m in messages.items() if "refused" not in m}
+    assert not not_refused
+
+
+# Start-up
+
+
+def test_start_up_errors_exit_non_zero_with_one_line(cluster: Cluster, tmp_path: Any) -> None:
+    unknown = run_manage("run_mcp", "--cluster", "nope")
+    assert unknown.returncode != 0
+    assert unknown.stdout == ""
+    [line] = unknown.stderr.strip().splitlines()
+    assert "unknown cluster 'nope'" in line
+    assert "local" in line
+
+    empty = tmp_path / "empty.sqlite3"
+    env = dict(os.environ, DATABASE_URL=f"sqlite:///{empty}")
+    no_database = run_manage("run_mcp", env=env)
+    assert no_database.returncode != 0
+    assert no_database.stdout == ""
+    [line] = no_database.stderr.strip().splitlines()
+    assert "control database" in line
+    assert "migrate" in line
+
+
+def test_stdout_carries_only_the_protocol_and_the_log_warns_about_the_role(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
+    done = subprocess.run(
+        command(),
+        cwd=ROOT,
+        input=json.dumps(initialize) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    lines = done.stdout.splitlines()
+    assert lines, done.stderr
+    for line in lines:
+        message = json.loads(line)  # anything but JSON-RPC on stdout breaks every client
+        assert message["jsonrpc"] == "2.0"
+    assert json.loads(lines[0])["result"]["serverInfo"]["name"] == "pgwarden"
+    # The test cluster connects as a superuser: said on stderr, and it still serves.
+    assert "superuser" in done.stderr
+    assert "read-only role" in done.stderr
+    assert pg_cluster.password not in done.stderr
+
+
+# Admin tools
+
+
+def test_admin_tools_validate_act_and_record(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    from django.contrib.admin.models import LogEntry
+
+    async def body(mcp: Mcp) -> None:
+        checked = await mcp.ok("check_health")
+        assert checked["swept"] is True, checked
+        assert {e["name"]: e["ok"] for e in checked["endpoints"]} == {
+            "primary": True,
+            "replica1": True,
+            "replica2": True,
+        }
+
+        bad_port = await mcp.error("add_endpoint", name="extra", host="127.0.0.1", port=0)
+        assert "port" in bad_port
+        bad_role = await mcp.error(
+            "add_endpoint", name="extra", host="127.0.0.1", port=5432, role="leader"
+        )
+        assert "role" in bad_role
+        duplicate = await mcp.error(
+            "add_endpoint", name="replica1", host="127.0.0.1", port=pg_cluster.replicas[0].port
+        )
+        assert "name" in duplicate
+
+        added = await mcp.ok(
+            "add_endpoint", name="extra", host="127.0.0.1", port=pg_cluster.replicas[0].port
+        )
+        assert added["name"] == "extra"
+        assert added["role"] == "replica"
+
+        weighted = await mcp.ok("set_endpoint", name="extra", weight=0)
+        assert weighted["weight"] == 0
+        negative = await mcp.error("set_endpoint", name="extra", weight=-1)
+        assert "weight" in negative
+
+        rechecked = await mcp.ok("check_health")
+        assert {e["name"]: e["ok"] for e in rechecked["endpoints"]}["extra"] is True
+
+        primary = await mcp.error("remove_endpoint", name="primary")
+        assert "primary" in primary
+        removed = await mcp.ok("remove_endpoint", name="extra")
+        assert removed["removed"] == "extra"
+
+        nobody = await mcp.error("failover", to="ghost")
+        assert "ghost" in nobody
+
+    run("--allow-admin")(body)
+
+    assert not Endpoint.objects.filter(cluster=cluster, name="extra").exists()
+    logged = list(LogEntry.objects.order_by("id").values_list("action_flag", "object_repr"))
+    assert [flag for flag, _ in logged] == [1, 2, 3]  # added, changed, deleted
+    assert all("extra" in label for _, label in logged)
+
+
+# Failover
+
+
+def test_during_a_failover_query_answers_from_replicas_and_execute_resumes(
+    fresh: tuple[LocalPostgresCluster, Cluster],
+) -> None:
+    local, registered = fresh
+    SECRETS[:] = [local.password]
+    name = registered.name
+    Cluster.objects.filter(pk=registered.pk).update(auto_failover=False)
+
+    async def body(mcp: Mcp) -> None:
+        written = await mcp.ok("execute", sql="INSERT INTO t (note) VALUES ('before')")
+        assert written["rows_affected"] == 1
+        await anyio.to_thread.run_sync(local.wait_for_replay)
+
+        local.kill_node("primary")
+        # The primary is gone: reads still answer, from the replicas.
+        for _ in range(5):
+            read = await mcp.ok("query", sql="SELECT count(*) AS n FROM t")
+            assert read["rows"] == [{"n": 1}]
+            assert read["role"] == "replica"
+        # A write has nowhere to go until a replica is promoted; it says so.
+        refused = await mcp.error("execute", sql="INSERT INTO t (note) VALUES ('during')")
+        assert "primary" in refused
+
+        event = await mcp.ok("failover")
+        assert event["outcome"] == "succeeded", event
+        assert event["to"] in {"replica1", "replica2"}
+
+        after = await mcp.ok("execute", sql="INSERT INTO t (note) VALUES ('after') RETURNING id")
+        assert after["endpoint"] == event["to"]
+        rows = await mcp.ok(
+            "query", sql="SELECT note FROM t ORDER BY id", read_preference="primary"
+        )
+        assert [r["note"] for r in rows["rows"]] == ["before", "after"]
+
+    run("--allow-writes", "--allow-admin", "--cluster", name)(body)
+    assert Endpoint.objects.get(cluster=registered, name="primary").state == "fenced"
+
+
+@pytest.fixture
+def fresh(redis_server: Any) -> Any:
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    from endpoints.localstack import register_local_cluster
+
+    local = LocalPostgresCluster(Path(tempfile.mkdtemp(prefix="pgwarden-mcp-")), replicas=2)
+    try:
+        local.start()
+        cluster = register_local_cluster(local, f"mcp-{uuid.uuid4().hex[:8]}").cluster
+        with psycopg.connect(**local.conninfo("primary"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id bigserial PRIMARY KEY, note text)")
+        local.wait_for_replay()
+        yield local, cluster
+    finally:
+        routing.reset_router()
+        local.destroy()
