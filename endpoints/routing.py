@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, LiteralString
 
 import psycopg
 from psycopg import pq, sql
@@ -797,16 +797,41 @@ def _run_statement(
     max_rows: int | None,
     stream: bool,
 ) -> QueryResult:
-    if timeout_ms or read_only:
-        # A transaction scopes the timeout (SET LOCAL); reads are rolled back, not committed.
-        with conn.transaction(force_rollback=read):
-            if read_only:
-                # Before the statement, so the server refuses any write it might do.
-                conn.execute("SET TRANSACTION READ ONLY")
-            if timeout_ms:
-                _set_local_timeout(conn, timeout_ms)
-            return _execute(conn, sql_text, params, max_rows=max_rows, stream=stream)
-    return _execute(conn, sql_text, params, max_rows=max_rows, stream=stream)
+    if not (timeout_ms or read_only):
+        return _execute(conn, sql_text, params, max_rows=max_rows, stream=stream)
+    # A transaction scopes the timeout (SET LOCAL) and the read-only mode (before the
+    # statement, so the server refuses any write it might do); reads are rolled back, not
+    # committed. BEGIN and the settings go in one round trip: psycopg's transaction()
+    # would spend one on each.
+    setup = "BEGIN READ ONLY" if read_only else "BEGIN"
+    if timeout_ms:
+        setup += f"; SET LOCAL statement_timeout = '{int(timeout_ms)}ms'"
+    conn.execute(setup.encode())
+    try:
+        result = _execute(conn, sql_text, params, max_rows=max_rows, stream=stream)
+    except BaseException:
+        _end_transaction(conn, "ROLLBACK")
+        raise
+    _end_transaction(conn, "ROLLBACK" if read else "COMMIT")
+    return result
+
+
+def _end_transaction(conn: psycopg.Connection[Any], command: LiteralString) -> None:
+    """ROLLBACK or COMMIT what _run_statement began, if the connection can still hear it.
+
+    A COMMIT that fails raises (the caller decides what an unknown outcome means); a
+    ROLLBACK after an error must not hide that error: a failed one breaks the connection,
+    which the pool then discards.
+    """
+    if command == "COMMIT":
+        conn.execute(command)
+        return
+    if conn.closed or conn.broken:
+        return
+    try:
+        conn.execute(command)
+    except psycopg.Error:
+        conn.close()
 
 
 def _execute(
@@ -822,7 +847,7 @@ def _execute(
         # Single-row mode: stop reading after max_rows + 1 (psycopg cancels the rest),
         # so a huge result is never held in memory.
         rows: list[Any] = []
-        for row in cur.stream(sql_text, params):
+        for row in cur.stream(sql_text, params, size=_stream_chunk(max_rows)):
             rows.append(row)
             if len(rows) > max_rows:
                 break
@@ -831,6 +856,18 @@ def _execute(
     while cur.nextset():
         pass  # several statements: report the last one
     return _fetch(cur, max_rows=max_rows)
+
+
+# Rows per message while streaming: a chunk costs one result to build, a row in single-row
+# mode one each; bounded so that a huge max_rows still reads in bounded memory.
+_STREAM_CHUNK_MAX = 1000
+
+
+def _stream_chunk(max_rows: int) -> int:
+    """Chunked rows (libpq 17+: psycopg's binary package ships it), else one at a time."""
+    if pq.version() < 170000:
+        return 1
+    return max(1, min(max_rows + 1, _STREAM_CHUNK_MAX))
 
 
 def _fetch(cur: psycopg.Cursor[Any], *, max_rows: int | None) -> QueryResult:

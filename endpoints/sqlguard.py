@@ -13,6 +13,7 @@ This is the first line only: reads also run in a ``READ ONLY`` transaction that 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pglast import ast
@@ -20,6 +21,8 @@ from pglast import ast
 # classify's parser entry point runs deeply nested SQL on a thread with a large enough stack;
 # the top-level statement type is not part of Classification, so it is parsed here again.
 from endpoints.classify import (
+    CACHE_SIZE,
+    CACHED_MAX_CHARS,
     Classification,
     Kind,
     classify,
@@ -169,7 +172,20 @@ def check_read(sql: str, *, has_params: bool = False) -> Classification:
     """``sql``'s classification if it is one statement that only reads; else :class:`Refused`.
 
     ``has_params``: the SQL goes to psycopg with parameters (``%s`` placeholders).
+    Statements that pass are remembered (as ``classify`` remembers its verdicts), so a
+    repeated query is not parsed again; refusals are not.
     """
+    if isinstance(sql, str) and len(sql) <= CACHED_MAX_CHARS:
+        return _check_read_cached(sql, has_params)
+    return _check_read(sql, has_params)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _check_read_cached(sql: str, has_params: bool) -> Classification:
+    return _check_read(sql, has_params)
+
+
+def _check_read(sql: str, has_params: bool) -> Classification:
     classification, stmt = _one_statement(sql, has_params)
     attributes = _attribute_names(stmt)
     _check_functions(classification, attributes)

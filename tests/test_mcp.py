@@ -25,6 +25,7 @@ from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint
 from tests.conftest import ROOT, run_manage
 from tests.mcp_client import Mcp, command, mcp_server
+from tests.test_jsonsafe import EXPECTED, typed_table  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -249,6 +250,20 @@ def test_every_read_tool_answers_from_the_real_cluster(
             "amount",
             "placed_at",
         ]
+
+    run()(body)
+
+
+@pytest.mark.usefixtures("typed_table")
+def test_every_common_type_reaches_the_client_as_exact_json(cluster: Cluster) -> None:
+    async def body(mcp: Mcp) -> None:
+        result = await mcp.ok("query", sql="SELECT * FROM jsonsafe_types WHERE id IN (1, 2)")
+        full, empty = result["rows"]
+        full.pop("moment_tz")  # in the session's time zone; exact values in test_jsonsafe
+        assert full == EXPECTED
+        assert set(empty.values()) == {2, None}
+        types = {column["name"]: column["type"] for column in result["columns"]}
+        assert (types["ints"], types["mood"], types["docb"]) == ("int4[]", "jsonsafe_mood", "jsonb")
 
     run()(body)
 
