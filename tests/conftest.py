@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,3 +182,63 @@ def celery_beat(celery_worker, tmp_path):
         except subprocess.TimeoutExpired:
             beat.kill()
             beat.wait()
+
+
+@pytest.fixture
+def fresh_router(redis_server: LocalRedis) -> Iterator[None]:
+    """A router built for this test alone (pools, topology snapshot), closed after it."""
+    from endpoints import routing
+
+    routing.reset_router()
+    yield
+    routing.reset_router()
+
+
+@pytest.fixture
+def fresh(redis_server: LocalRedis) -> Iterator[tuple[LocalPostgresCluster, Any]]:
+    """A new primary + 2 replicas with a table ``t``, registered under a unique name.
+
+    For tests that kill, promote or fence servers, which the shared cluster must never
+    see; destroyed afterwards.
+    """
+    import uuid
+
+    import psycopg
+
+    from endpoints import routing
+    from endpoints.localstack import register_local_cluster
+
+    local = LocalPostgresCluster(_scratch_dir("pgwarden-fresh-"), replicas=2)
+    try:
+        local.start()
+        cluster = register_local_cluster(local, f"fresh-{uuid.uuid4().hex[:8]}").cluster
+        with psycopg.connect(**local.conninfo("primary"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id bigserial PRIMARY KEY, note text)")
+        local.wait_for_replay()
+        yield local, cluster
+    finally:
+        routing.reset_router()
+        local.destroy()
+
+
+def terminate_backend_running(
+    pg_cluster: LocalPostgresCluster, query_like: str, timeout_s: float = 10.0
+) -> None:
+    """Kill the server backend running a query that matches ``query_like``, once it runs.
+
+    Cuts a client's connection mid-statement, as a crash or a network failure would.
+    """
+    import psycopg
+
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as admin:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            row = admin.execute(
+                "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE query LIKE %s AND state = 'active' AND pid <> pg_backend_pid()",
+                [query_like],
+            ).fetchone()
+            if row and row[0]:
+                return
+            assert time.monotonic() < deadline, f"no query like {query_like!r} started"
+            time.sleep(0.02)

@@ -12,7 +12,7 @@ from endpoints import catalog, routing, topology
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_router")]
 
 # Names no other test module uses: the PostgreSQL cluster is shared by the whole session.
 SHOP, OTHER = "catalog_shop", "catalog_other"
@@ -215,13 +215,6 @@ def shop_schema(pg_cluster: LocalPostgresCluster) -> Iterator[None]:
     yield
     with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
         conn.execute("DROP SCHEMA catalog_shop CASCADE; DROP SCHEMA catalog_other CASCADE")
-
-
-@pytest.fixture(autouse=True)
-def fresh_router(redis_server: Any) -> Iterator[None]:
-    routing.reset_router()
-    yield
-    routing.reset_router()
 
 
 @pytest.fixture

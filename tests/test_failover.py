@@ -13,13 +13,11 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -40,7 +38,6 @@ from endpoints.failover import (
     format_lsn,
 )
 from endpoints.localcluster import LocalPostgresCluster, LocalRedis, parse_lsn
-from endpoints.localstack import register_local_cluster
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, Role, State
 from tests.conftest import ROOT, run_manage
 
@@ -300,23 +297,6 @@ def test_describe_plan_names_the_candidate_its_lag_and_the_excluded() -> None:
 # Real clusters
 
 failover_db = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def fresh(redis_server: LocalRedis) -> Iterator[tuple[LocalPostgresCluster, Cluster]]:
-    """A new primary + 2 replicas, registered under a unique name; destroyed afterwards."""
-    local = LocalPostgresCluster(Path(tempfile.mkdtemp(prefix="pgwarden-failover-")), replicas=2)
-    try:
-        local.start()
-        name = f"fo-{uuid.uuid4().hex[:8]}"
-        cluster = register_local_cluster(local, name).cluster
-        with psycopg.connect(**local.conninfo("primary"), autocommit=True) as conn:
-            conn.execute("CREATE TABLE t (id bigserial PRIMARY KEY, note text)")
-        local.wait_for_replay()
-        yield local, cluster
-    finally:
-        routing.reset_router()
-        local.destroy()
 
 
 def sql(local: LocalPostgresCluster, node: str, query: Any, params: Any = None) -> list[Any]:

@@ -8,7 +8,6 @@ procedure is tested in test_failover.py on clusters of its own.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -26,14 +25,7 @@ from endpoints import fleet, health, routing
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, HealthCheck, State
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def fresh_router(redis_server: Any) -> Iterator[None]:
-    routing.reset_router()
-    yield
-    routing.reset_router()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_router")]
 
 
 def no_secrets(data: Any, pg_cluster: LocalPostgresCluster) -> str:

@@ -19,7 +19,6 @@ import anyio
 import psycopg
 import pytest
 
-from endpoints import routing
 from endpoints.health import sweep
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint
@@ -653,24 +652,3 @@ def test_during_a_failover_query_answers_from_replicas_and_execute_resumes(
 
     run("--allow-writes", "--allow-admin", "--cluster", name)(body)
     assert Endpoint.objects.get(cluster=registered, name="primary").state == "fenced"
-
-
-@pytest.fixture
-def fresh(redis_server: Any) -> Any:
-    import tempfile
-    import uuid
-    from pathlib import Path
-
-    from endpoints.localstack import register_local_cluster
-
-    local = LocalPostgresCluster(Path(tempfile.mkdtemp(prefix="pgwarden-mcp-")), replicas=2)
-    try:
-        local.start()
-        cluster = register_local_cluster(local, f"mcp-{uuid.uuid4().hex[:8]}").cluster
-        with psycopg.connect(**local.conninfo("primary"), autocommit=True) as conn:
-            conn.execute("CREATE TABLE t (id bigserial PRIMARY KEY, note text)")
-        local.wait_for_replay()
-        yield local, cluster
-    finally:
-        routing.reset_router()
-        local.destroy()

@@ -15,6 +15,7 @@ from endpoints import queries, routing
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster
 from endpoints.sqlguard import Refused
+from tests.conftest import terminate_backend_running
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -221,17 +222,7 @@ def test_a_write_whose_connection_is_lost_raises_write_outcome_unknown(
 
     worker = threading.Thread(target=slow_insert)
     worker.start()
-    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as admin:
-        deadline = time.monotonic() + 10
-        while True:
-            row = admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE 'INSERT INTO queries_t%%pg_sleep%%' AND state = 'active'"
-            ).fetchone()
-            if row and row[0]:
-                break
-            assert time.monotonic() < deadline, "the insert never started"
-            time.sleep(0.02)
+    terminate_backend_running(pg_cluster, "INSERT INTO queries_t%pg_sleep%")
     worker.join(10)
     assert isinstance(outcome.get("error"), routing.WriteOutcomeUnknown), repr(outcome)
     assert 40 not in notes(pg_cluster)  # not applied, and above all not retried

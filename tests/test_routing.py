@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,11 @@ from endpoints.routing import (
     QueryError,
     WriteOutcomeUnknown,
 )
-from tests.conftest import run_manage
+from tests.conftest import run_manage, terminate_backend_running
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_router")]
 
 PORT_SQL = "SELECT current_setting('port')::int AS port, pg_is_in_recovery() AS in_recovery"
-
-
-@pytest.fixture(autouse=True)
-def fresh_router(redis_server: Any) -> Iterator[None]:
-    routing.reset_router()
-    yield
-    routing.reset_router()
 
 
 @pytest.fixture
@@ -270,17 +262,7 @@ def test_a_write_interrupted_by_a_killed_backend_is_reported_unknown_and_not_ret
 
     worker = threading.Thread(target=slow_insert)
     worker.start()
-    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as admin:
-        deadline = time.monotonic() + 10
-        while True:
-            row = admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE 'INSERT INTO routing_t%%pg_sleep%%' AND state = 'active'"
-            ).fetchone()
-            if row and row[0]:
-                break
-            assert time.monotonic() < deadline, "the insert never started"
-            time.sleep(0.02)
+    terminate_backend_running(pg_cluster, "INSERT INTO routing_t%pg_sleep%")
     worker.join(10)
     error = outcome.get("error")
     assert isinstance(error, WriteOutcomeUnknown), repr(error)
