@@ -124,6 +124,10 @@ class Classification:
     functions: frozenset[str] = field(default_factory=frozenset)
     # The parser's message when the SQL did not parse, else None.
     parse_error: str | None = None
+    # Leaves state in the session that would outlive the statement on a pooled connection:
+    # SET, RESET, LISTEN, PREPARE, cursors, transaction control, set_config(), session-level
+    # advisory locks. The router discards such a connection rather than hand it on.
+    session_state: bool = False
 
     @property
     def is_read(self) -> bool:
@@ -459,13 +463,16 @@ def _classify(sql: str, strict: bool) -> Classification:
     count = len(verdicts)
     if count == 0:
         return Classification("read", "no statement", 0, frozenset(), None)
+    session = any(isinstance(raw.stmt, _SESSION_CHANGING) for raw in raw_statements) or bool(
+        functions & SESSION_FUNCTIONS
+    )
     for index, (kind, reason) in enumerate(verdicts, start=1):
         if kind == "write":
             if count > 1:
                 reason = f"statement {index} of {count}: {reason}"
-            return Classification("write", reason, count, frozenset(functions), None)
+            return Classification("write", reason, count, frozenset(functions), None, session)
     reason = verdicts[0][1] if count == 1 else f"all {count} statements only read"
-    return Classification("read", reason, count, frozenset(functions), None)
+    return Classification("read", reason, count, frozenset(functions), None, session)
 
 
 def _parse(sql: str) -> tuple[ast.RawStmt, ...]:
@@ -814,6 +821,23 @@ _SESSION_STATE = (
     ast.DiscardStmt,
     ast.LoadStmt,
     ast.ConstraintsSetStmt,
+)
+# Statements and functions whose effect outlives the statement in the session.
+_SESSION_CHANGING = (
+    *_SESSION_STATE,
+    ast.VariableSetStmt,
+    ast.ListenStmt,
+    ast.UnlistenStmt,
+    ast.TransactionStmt,
+)
+SESSION_FUNCTIONS: frozenset[str] = frozenset(
+    {
+        "set_config",
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+    }
 )
 _MAINTENANCE = (
     ast.VacuumStmt,

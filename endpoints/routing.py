@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -65,6 +66,12 @@ READ_PREFERENCES = ("primary", "primary_preferred", "secondary", "secondary_pref
 
 _LATENCY_SAMPLES = 1000
 _LATENCY_EWMA_ALPHA = 0.2
+# Upper bounds (inclusive, ms) of the query latency histogram's buckets, exported by
+# /metrics in seconds. Lower than Prometheus's defaults: a routed query on a LAN takes well
+# under a millisecond. Above the last bound, a request lands in the +Inf bucket.
+LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
+)  # fmt: skip
 _RECOVERY_CONFLICT = "40001"
 _READ_ONLY_TRANSACTION = "25006"
 _CONNECTION_FAILURE = "08006"
@@ -188,6 +195,23 @@ class QueryResult:
 # Per-process bookkeeping
 
 
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot:
+    """One endpoint's counters and latency histogram, read together."""
+
+    requests: int
+    errors: int
+    retries: int
+    # Requests the endpoint answered (results and SQL errors), per latency bucket: one
+    # count per bound of LATENCY_BUCKETS_MS, then the count above the last (not cumulative).
+    latency_buckets: tuple[int, ...]
+    latency_sum_ms: float
+
+    @property
+    def latency_count(self) -> int:
+        return sum(self.latency_buckets)
+
+
 class EndpointStats:
     """Request counters and observed latency of one endpoint in this process."""
 
@@ -197,6 +221,8 @@ class EndpointStats:
         self.retries = 0
         self.latency_avg_ms: float | None = None
         self._samples: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+        self._buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        self._latency_sum_ms = 0.0
         self._lock = threading.Lock()
 
     def record(self, latency_ms: float, *, error: bool = False, retry: bool = False) -> None:
@@ -208,6 +234,8 @@ class EndpointStats:
                 self.retries += 1
             if latency_ms >= 0 and not error:
                 self._samples.append(latency_ms)
+                self._buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+                self._latency_sum_ms += latency_ms
                 avg = self.latency_avg_ms
                 self.latency_avg_ms = (
                     latency_ms if avg is None else avg + _LATENCY_EWMA_ALPHA * (latency_ms - avg)
@@ -219,6 +247,17 @@ class EndpointStats:
         if not samples:
             return None
         return samples[min(len(samples) - 1, int(0.95 * len(samples)))]
+
+    def snapshot(self) -> StatsSnapshot:
+        """The counters and the latency histogram as of one instant (for /metrics)."""
+        with self._lock:
+            return StatsSnapshot(
+                requests=self.requests,
+                errors=self.errors,
+                retries=self.retries,
+                latency_buckets=tuple(self._buckets),
+                latency_sum_ms=self._latency_sum_ms,
+            )
 
 
 class ClusterRuntime:
@@ -377,6 +416,7 @@ class Router:
             raise ValueError(f"intent must be one of {', '.join(INTENTS)}, not {intent!r}")
         request = _Request(view.name, kind, _read_preference(read_preference, view))
         can_stream = max_rows is not None and _single_statement(classification)
+        session = _changes_session(sql_text, params, classification, view)
         want_lsn = view.has_replicas
 
         while True:
@@ -413,6 +453,8 @@ class Router:
                 continue
             finally:
                 watchdog.disarm(checkout.conn)
+                if session:
+                    checkout.conn.close()  # the pool replaces it: no state leaks to others
                 checkout.pool.release(checkout.conn, checkout.token)
             elapsed_ms = (time.perf_counter() - t0) * 1000
             self._answered(runtime, checkout, elapsed_ms)
@@ -438,6 +480,7 @@ class Router:
         view, runtime = self._cluster(cluster)
         kind = "read" if read_only else "write"
         request = _Request(view.name, kind, _read_preference(read_preference, view))
+        session = any(_changes_session(text, params, None, view) for text, params in statements)
 
         while True:
             checkout = self._checkout(view, runtime, request)
@@ -481,6 +524,8 @@ class Router:
                 ) from None
             finally:
                 watchdog.disarm(conn)
+                if session:
+                    conn.close()  # the pool replaces it: no state leaks to others
                 checkout.pool.release(conn, checkout.token)
             self._answered(runtime, checkout, (time.perf_counter() - t0) * 1000)
             elapsed_ms = (time.perf_counter() - request.started) * 1000
@@ -1031,6 +1076,22 @@ def _read_preference(read_preference: str | None, view: ClusterView) -> str:
             f"read_preference must be one of {', '.join(READ_PREFERENCES)}, not {read_preference!r}"
         )
     return read_preference
+
+
+def _changes_session(
+    sql_text: str, params: Any, classification: Classification | None, view: ClusterView
+) -> bool:
+    """Whether the statement leaves session state (SET, LISTEN, a session advisory lock...).
+
+    A pooled connection is shared: such state would reach whoever gets the connection
+    next, so the router closes it after the call instead of returning it. For a session
+    of your own, use :func:`connection` (reset when it is handed back).
+    """
+    if classification is None:  # an explicit intent skipped it; cached after the first
+        classification = classify(
+            sql_text, strict=view.strict_classification, client_placeholders=params is not None
+        )
+    return classification.session_state
 
 
 def _single_statement(classification: Classification | None) -> bool:

@@ -779,3 +779,37 @@ def test_placeholders_become_numbered_parameters() -> None:
     )
     # Without the flag the text is parsed as it is, and %s is not PostgreSQL syntax.
     assert classify("SELECT v FROM t WHERE id = %s").kind == "write"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SET search_path = x",
+        "RESET ALL",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+        "LISTEN ch",
+        "UNLISTEN *",
+        "BEGIN",
+        "PREPARE p AS SELECT 1",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        "SELECT set_config('search_path', 'x', false)",
+        "SELECT pg_advisory_lock(1)",
+        "SELECT 1; SET work_mem = '1MB'",
+    ],
+)
+def test_statements_that_leave_session_state_say_so(sql: str) -> None:
+    assert classify(sql).session_state
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1",
+        "INSERT INTO t VALUES (1)",
+        "SELECT pg_advisory_xact_lock(1)",  # released at the end of the transaction
+        "SHOW work_mem",
+        "CREATE TABLE t (id int)",
+    ],
+)
+def test_statements_that_leave_no_session_state(sql: str) -> None:
+    assert not classify(sql).session_state

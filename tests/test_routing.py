@@ -666,3 +666,31 @@ def test_read_only_refuses_a_write_the_classifier_cannot_see(
     assert result.rows == [{"n": 1}]
     with pytest.raises(ValueError, match="read_only"):
         routing.execute("local", "SELECT 1", intent="write", read_only=True)
+
+
+def test_session_state_never_reaches_the_next_caller_of_a_pooled_connection(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    configure(cluster, read_preference="primary")
+    routing.execute("local", "SELECT 1")  # one pooled connection to the primary, warm
+    default = routing.execute("local", "SHOW search_path").rows
+
+    routing.execute("local", "SET search_path = nowhere")
+    routing.execute("local", "SELECT set_config('application_name', 'leaked', false)")
+    routing.execute("local", "SELECT pg_advisory_lock(4242)")
+    routing.transaction("local", [("SET statement_timeout = 1", None)])
+
+    # Whatever connection serves these, none carries what the calls above set.
+    for _ in range(5):
+        assert routing.execute("local", "SHOW search_path").rows == default
+        assert routing.execute("local", "SHOW application_name").rows != [
+            {"application_name": "leaked"}
+        ]
+        assert routing.execute("local", "SHOW statement_timeout").rows != [
+            {"statement_timeout": "1ms"}
+        ]
+    with psycopg.connect(**pg_cluster.conninfo("primary")) as conn:
+        held = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242"
+        ).fetchone()
+    assert held == (0,)  # released with the session that took it
