@@ -10,6 +10,7 @@ variable that nothing reads.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +187,24 @@ def parse_positive_int(raw: str) -> int:
     if value <= 0:
         raise InvalidValue("is not a positive integer")
     return value
+
+
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+MIN_TOKEN_LENGTH = 16
+
+
+def parse_bearer_token(raw: str) -> str:
+    """Blank: no token. Otherwise an RFC 6750 token (what fits in ``Bearer <token>``)."""
+    token = raw.strip()
+    if not token:
+        return ""
+    if not _BEARER_TOKEN.fullmatch(token):
+        raise InvalidValue(
+            "has characters a bearer token cannot carry: use letters, digits and - . _ ~ + /"
+        )
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise InvalidValue(f"is shorter than {MIN_TOKEN_LENGTH} characters")
+    return token
 
 
 def parse_log_level(raw: str) -> str:
@@ -388,6 +407,16 @@ VARIABLES: dict[str, Variable] = {
             "false",
             parse_bool,
             default="false",
+        ),
+        Variable(
+            "PGWARDEN_METRICS_TOKEN",
+            "When set, GET /metrics answers only requests with the header "
+            "`Authorization: Bearer <token>` (401 otherwise); blank: /metrics is open. At "
+            "least 16 characters; generate one with: openssl rand -hex 32",
+            "8d3f0c4e9a1b7f2d6c5e4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d",
+            parse_bearer_token,
+            default="",
+            secret=True,
         ),
         Variable(
             "EMAIL_URL",

@@ -137,6 +137,9 @@ PGWARDEN_MCP_CLUSTER = env.read("PGWARDEN_MCP_CLUSTER")
 PGWARDEN_MCP_ALLOW_WRITES = env.read("PGWARDEN_MCP_ALLOW_WRITES")
 PGWARDEN_MCP_ALLOW_ADMIN = env.read("PGWARDEN_MCP_ALLOW_ADMIN")
 
+# GET /metrics requires "Authorization: Bearer <token>" when set (endpoints/views.py).
+PGWARDEN_METRICS_TOKEN = env.read("PGWARDEN_METRICS_TOKEN")
+
 # Alerts: always logged; emailed to ADMINS (mail_admins) and POSTed to the webhook when set.
 PGWARDEN_ALERT_WEBHOOK_URL = env.read("PGWARDEN_ALERT_WEBHOOK_URL")
 ADMINS = [(address, address) for address in env.read("PGWARDEN_ALERT_EMAILS")]

@@ -1,7 +1,7 @@
 """URL configuration: the admin is the operator's interface."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 
 admin.site.site_header = "pgwarden"
@@ -13,4 +13,5 @@ admin.site.empty_value_display = "—"
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
+    path("", include("endpoints.urls")),
 ]
