@@ -17,12 +17,13 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: help run test bench lint format setup system-packages destroy
+.PHONY: help run test bench lint format setup system-packages browser-packages destroy
 
 help:
 	@echo "make run      install what is missing, start PostgreSQL (primary + 2 replicas), Redis,"
 	@echo "              web, worker and beat on http://$(HOST):$(PORT)/admin/ until Ctrl-C"
-	@echo "make test     install what is missing, then ruff, mypy and the whole test suite"
+	@echo "make test     install what is missing (chromium too, for the dashboard's browser"
+	@echo "              test), then ruff, mypy and the whole test suite"
 	@echo "make bench    performance targets side by side (routing overhead, classification,"
 	@echo "              throughput) on a throwaway local cluster; prints a table"
 	@echo "make lint     ruff (lint and format check) and mypy only"
@@ -32,7 +33,7 @@ help:
 run: setup
 	$(BIN)/python manage.py run_local --host $(HOST) --port $(PORT)
 
-test: setup lint
+test: setup browser-packages lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: setup
@@ -61,6 +62,18 @@ system-packages:
 		|| missing="$$missing postgresql"; \
 	command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] \
 		|| missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq; \
+		$(APT_INSTALL) $$missing; \
+	fi
+
+# The fleet dashboard's browser test drives Debian's chromium through chromedriver (no
+# downloads at test time). Only `make test` needs them, so `make run` does not install them.
+browser-packages:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq; \

@@ -34,7 +34,7 @@ def main() -> int:
     from django.conf import settings
     from django.core.management import call_command
 
-    from bench import failover_bench, health_bench, mcp_bench, routing_bench
+    from bench import dashboard_bench, failover_bench, health_bench, mcp_bench, routing_bench
     from endpoints.localcluster import LocalPostgresCluster, local_redis_for_url
     from endpoints.localstack import register_local_cluster
 
@@ -57,6 +57,8 @@ def main() -> int:
         # The others start clusters of their own (failover kills servers; sweeps need many).
         rows += failover_bench.run(quick=args.quick)
         rows += health_bench.run(quick=args.quick)
+        # Last: it leaves a million health checks in the (throwaway) control database.
+        rows += dashboard_bench.run(quick=args.quick)
         print_table(rows)
         print(f"\n(measured in {time.monotonic() - started:.0f} s; rerun with `make bench`)")
     finally:

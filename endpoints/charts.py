@@ -18,6 +18,11 @@ from endpoints.models import Endpoint, HealthCheck
 
 # At 1 s checks an hour is 3,600 rows; beyond this many the chart thins them out.
 MAX_POINTS = 720
+# The fleet dashboard's per-endpoint sparklines: line_chart at tile size.
+SPARKLINE_WIDTH = 220
+SPARKLINE_HEIGHT = 44
+SPARKLINE_POINTS = 110
+LAG_COLOUR = "#6a1b9a"
 UP_COLOUR = "#1e7d32"
 DOWN_COLOUR = "#c62828"
 
@@ -60,7 +65,8 @@ def line_chart(
             height // 2,
             label,
         )
-    top = max(values) or 1.0
+    peak = max(values)
+    top = peak or 1.0  # all zeros: a flat line at the bottom
     span = (end - start).total_seconds() or 1.0
     coordinates = " ".join(
         f"{(when - start).total_seconds() / span * width:.1f},"
@@ -81,7 +87,7 @@ def line_chart(
         colour,
         coordinates,
         label,
-        _format(top),
+        _format(peak),
         unit,
         _format(values[-1]),
         unit,
@@ -142,8 +148,31 @@ def endpoint_history(endpoint: Endpoint, *, window: timedelta = timedelta(hours=
             end=end,
             label="replication lag",
             unit="s",
-            colour="#6a1b9a",
+            colour=LAG_COLOUR,
         ),
+    )
+
+
+def sparkline(
+    points: Sequence[tuple[datetime, float | None]],
+    *,
+    start: datetime,
+    end: datetime,
+    label: str,
+    unit: str,
+    colour: str = "#1565c0",
+) -> SafeString:
+    """A tile-sized :func:`line_chart` of at most SPARKLINE_POINTS points (oldest first)."""
+    step = max(1, -(-len(points) // SPARKLINE_POINTS))  # ceiling: never more points
+    return line_chart(
+        points[::-1][::step][::-1],  # thinned from the newest, so the last value is kept
+        start=start,
+        end=end,
+        label=label,
+        unit=unit,
+        width=SPARKLINE_WIDTH,
+        height=SPARKLINE_HEIGHT,
+        colour=colour,
     )
 
 
