@@ -242,3 +242,39 @@ def terminate_backend_running(
                 return
             assert time.monotonic() < deadline, f"no query like {query_like!r} started"
             time.sleep(0.02)
+
+
+def add_endpoint(
+    cluster: Any,
+    name: str,
+    port: int,
+    *,
+    role: str = "replica",
+    state: str = "unknown",
+    user: str | None = None,
+    password: str | None = None,
+) -> Any:
+    """An endpoint on 127.0.0.1:``port`` with the cluster primary's credentials.
+
+    ``user``/``password`` override them; ``state`` is set as a sweep would have left it.
+    """
+    from endpoints.models import Endpoint, Role
+
+    template = cluster.endpoints.filter(role=Role.PRIMARY).first()
+    endpoint = Endpoint(
+        cluster=cluster,
+        name=name,
+        host="127.0.0.1",
+        port=port,
+        role=role,
+        sslmode="disable",
+        dbname=template.dbname if template else "postgres",
+        user=user or (template.user if template else "postgres"),
+        password_encrypted=template.password_encrypted if template else "",
+    )
+    if password is not None:
+        endpoint.set_password(password)
+    endpoint.save()
+    if state != "unknown":
+        Endpoint.objects.filter(pk=endpoint.pk).update(state=state)
+    return endpoint

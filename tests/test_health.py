@@ -36,42 +36,12 @@ from endpoints.health import (
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Alert, Cluster, Endpoint, HealthCheck, Role, State
 from endpoints.probe import ProbeResult
+from tests.conftest import add_endpoint
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 # Generous: CI machines have 2 cores and may be busy.
 MARGIN_S = 1.0
-
-
-def add_endpoint(
-    cluster: Cluster,
-    name: str,
-    port: int,
-    *,
-    role: str = Role.REPLICA,
-    state: str = State.UNKNOWN,
-    user: str | None = None,
-    password: str | None = None,
-) -> Endpoint:
-    """An endpoint with the local cluster's credentials (or ``user``/``password``)."""
-    template = cluster.endpoints.get(role=Role.PRIMARY) if cluster.endpoints.exists() else None
-    endpoint = Endpoint(
-        cluster=cluster,
-        name=name,
-        host="127.0.0.1",
-        port=port,
-        role=role,
-        sslmode="disable",
-        dbname=template.dbname if template else "postgres",
-        user=user or (template.user if template else "postgres"),
-        password_encrypted=template.password_encrypted if template else "",
-    )
-    if password is not None:
-        endpoint.set_password(password)
-    endpoint.save()
-    if state != State.UNKNOWN:
-        Endpoint.objects.filter(pk=endpoint.pk).update(state=state)
-    return endpoint
 
 
 def configure(cluster: Cluster, **fields: Any) -> Cluster:

@@ -34,7 +34,7 @@ from endpoints.metrics import process_label
 from endpoints.models import Cluster, Endpoint, FailoverEvent, Role, State
 from endpoints.routing import LATENCY_BUCKETS_MS, EndpointStats
 from project.env import parse_bearer_token, read
-from tests.conftest import ROOT
+from tests.conftest import ROOT, add_endpoint
 
 Labels = frozenset[tuple[str, str]]
 Samples = dict[str, dict[Labels, float]]
@@ -91,22 +91,6 @@ def broken_control_database() -> Iterator[None]:
     finally:
         connection.close()
         connection.settings_dict["NAME"] = name
-
-
-def add_endpoint(cluster: Cluster, name: str, port: int, role: str = Role.REPLICA) -> Endpoint:
-    """An endpoint with the cluster's primary's credentials (or none), on ``port``."""
-    template = cluster.endpoints.filter(role=Role.PRIMARY).first()
-    return Endpoint.objects.create(
-        cluster=cluster,
-        name=name,
-        host="127.0.0.1",
-        port=port,
-        role=role,
-        sslmode="disable",
-        dbname=template.dbname if template else "postgres",
-        user=template.user if template else "postgres",
-        password_encrypted=template.password_encrypted if template else "",
-    )
 
 
 # The router's latency histogram
