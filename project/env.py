@@ -90,6 +90,10 @@ def _split_url(raw: str) -> SplitResult:
     return parts
 
 
+# Seconds libpq waits to connect to a PostgreSQL control database.
+CONTROL_DB_CONNECT_TIMEOUT_S = 5
+
+
 def parse_database_url(raw: str) -> dict[str, Any]:
     scheme = _split_url(raw).scheme
     if scheme not in {"sqlite", "postgres", "postgresql", "pgsql"}:
@@ -105,6 +109,11 @@ def parse_database_url(raw: str) -> dict[str, Any]:
     if config["ENGINE"].endswith("sqlite3") and name != ":memory:" and not Path(name).is_absolute():
         # Relative SQLite paths are relative to the project, not to the current directory.
         config["NAME"] = str(BASE_DIR / name)
+    if config["ENGINE"].endswith("postgresql"):
+        # libpq waits for an unreachable host as long as the OS lets it (minutes): every
+        # request, /readyz and each Celery task would hang with it. ?connect_timeout= wins.
+        options = config.setdefault("OPTIONS", {})
+        options.setdefault("connect_timeout", CONTROL_DB_CONNECT_TIMEOUT_S)
     return config
 
 

@@ -249,6 +249,14 @@ def test_postgres_url_is_parsed(scheme: str) -> None:
     assert config["PASSWORD"] == "s/cret"
     assert config["HOST"] == "db.example.com"
     assert int(config["PORT"]) == 5433
+    # An unreachable control database fails a request in seconds, not minutes.
+    assert config["OPTIONS"]["connect_timeout"] == 5
+
+
+def test_postgres_url_may_set_its_own_connect_timeout() -> None:
+    config = parse_database_url("postgres://pgwarden@db.example.com/registry?connect_timeout=2")
+
+    assert int(config["OPTIONS"]["connect_timeout"]) == 2
 
 
 @pytest.mark.parametrize(

@@ -652,3 +652,19 @@ def test_during_a_failover_query_answers_from_replicas_and_execute_resumes(
 
     run("--allow-writes", "--allow-admin", "--cluster", name)(body)
     assert Endpoint.objects.get(cluster=registered, name="primary").state == "fenced"
+
+
+def test_an_unreachable_control_database_is_a_start_up_error_within_seconds(
+    silent_port: int,
+) -> None:
+    # A PostgreSQL control database whose host accepts the connection and then hangs.
+    env = dict(os.environ, DATABASE_URL=f"postgres://pgwarden@127.0.0.1:{silent_port}/pgwarden")
+    started = time.monotonic()
+
+    done = run_manage("run_mcp", env=env, timeout=60)
+
+    assert time.monotonic() - started < 30  # libpq's connect_timeout, not the OS's minutes
+    assert done.returncode != 0
+    assert done.stdout == ""
+    [line] = done.stderr.strip().splitlines()
+    assert "control database" in line
