@@ -6,8 +6,10 @@ round trip an assistant pays: the SDK client writes the JSON-RPC request to
 SQL, runs it through the router in a READ ONLY transaction that is rolled back
 (with the statement timeout), shapes the rows and writes the result back. The
 direct side is ``routing.execute("local", "SELECT 1")`` in this process, a plain
-autocommit statement. Both are timed in the client's event loop, strictly
-alternating, as an async MCP client would see them.
+autocommit statement. A third row puts the MCP call beside the service it calls,
+``queries.read_query`` in this process (guard, READ ONLY transaction, JSON
+shaping): what the protocol itself costs. All are timed in the client's event
+loop, in alternating order, as an async MCP client would see them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from endpoints import routing
+from endpoints import queries, routing
 from tests.mcp_client import mcp_server
 
 Row = tuple[str, str, str, str, str]
@@ -33,6 +35,7 @@ def run(*, quick: bool) -> list[Row]:
     print("starting manage.py run_mcp for the MCP bench", file=sys.stderr)
     mcp_ms: list[float] = []
     direct_ms: list[float] = []
+    service_ms: list[float] = []
 
     async def main() -> None:
         # The server keeps Django's guard (an empty value is off).
@@ -45,18 +48,25 @@ def run(*, quick: bool) -> list[Row]:
             async def direct() -> None:
                 routing.execute(CLUSTER, "SELECT 1")
 
+            async def service() -> None:
+                queries.read_query(CLUSTER, "SELECT 1")
+
+            samples: dict[Callable[[], Awaitable[None]], list[float]] = {
+                over_mcp: mcp_ms,
+                direct: direct_ms,
+                service: service_ms,
+            }
             for _ in range(100):  # warm-up: pools, caches, the server's imports
-                await over_mcp()
-                await direct()
+                for warm in samples:
+                    await warm()
             for i in range(iterations):
-                pair: tuple[Callable[[], Awaitable[None]], ...] = (
-                    (over_mcp, direct) if i % 2 else (direct, over_mcp)
-                )
-                for call in pair:
+                order = list(samples)
+                if i % 2:
+                    order.reverse()
+                for call in order:
                     started = time.perf_counter()
                     await call()
-                    elapsed = (time.perf_counter() - started) * 1000
-                    (mcp_ms if call is over_mcp else direct_ms).append(elapsed)
+                    samples[call].append((time.perf_counter() - started) * 1000)
 
     # The direct call runs in the event loop, where Django refuses database access by
     # default; the router reloads its topology from the registry now and then.
@@ -69,9 +79,17 @@ def run(*, quick: bool) -> list[Row]:
             del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
         else:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+    mcp, service_median = statistics.median(mcp_ms), statistics.median(service_ms)
     return [
-        _row("median", statistics.median(mcp_ms), statistics.median(direct_ms)),
+        _row("median", mcp, statistics.median(direct_ms)),
         _row("p99", _percentile(mcp_ms, 0.99), _percentile(direct_ms, 0.99)),
+        (
+            'MCP query("SELECT 1"), median, beside the same query service in-process (ms)',
+            f"{mcp:.2f}",
+            f"{service_median:.2f} (queries.read_query)",
+            f"+{mcp - service_median:.2f} ms",
+            "",
+        ),
     ]
 
 
