@@ -236,35 +236,39 @@ def test_endpoints_a_sweep_had_no_time_for_are_left_as_they_were_and_go_first_ne
     monkeypatch.setattr(probe, "MAX_CONCURRENT_SETUPS", 1)
     monkeypatch.setattr(probe, "SETUP_TURN_S", 10.0)
     configure(local_cluster, probe_timeout_s=1.0)
+    # One healthy endpoint, probed a moment ago; two hosts never probed, which hang. (No
+    # primary: it would go first, and its set-up time would cut into hung1's timeout.)
+    Endpoint.objects.filter(cluster=local_cluster).exclude(name="replica1").update(enabled=False)
+    Endpoint.objects.filter(cluster=local_cluster, name="replica1").update(
+        last_checked_at=timezone.now()
+    )
     add_endpoint(local_cluster, "hung1", silent_port)
     add_endpoint(local_cluster, "hung2", silent_port)
 
     first, elapsed = timed_sweep(local_cluster)
 
     assert elapsed < 1.0 + MARGIN_S
-    # The primary first, then the others in order; hung1 holds the only turn till the end.
-    assert set(first) == {"primary", "replica1", "replica2", "hung1"}
+    # The longest unprobed first: hung1 holds the only turn till the end of the sweep.
+    assert set(first) == {"hung1"}
     assert first["hung1"].consecutive_failures == 1
-    hung2 = Endpoint.objects.get(cluster=local_cluster, name="hung2")
-    assert (hung2.last_checked_at, hung2.consecutive_failures, hung2.state) == (
-        None,
-        0,
-        State.UNKNOWN,
-    )
-    assert not HealthCheck.objects.filter(endpoint=hung2).exists()
-    assert "1 of 5 endpoints could not be probed within the 1 s probe timeout" in pgwarden_logs.text
-    assert "hung2" in pgwarden_logs.text
+    for name in ("hung2", "replica1"):
+        unprobed = Endpoint.objects.get(cluster=local_cluster, name=name)
+        assert (unprobed.consecutive_failures, unprobed.state) == (0, State.UNKNOWN), name
+        assert not HealthCheck.objects.filter(endpoint=unprobed).exists(), name
+    assert "2 of 3 endpoints could not be probed within the 1 s probe timeout" in pgwarden_logs.text
+    assert "hung2, replica1" in pgwarden_logs.text
 
     # Next sweep: hung1, whose probe failed, starts at once, outside the turns; hung2, the
-    # longest unprobed, comes right after the primary, and keeps the turn in its turn.
+    # longest unprobed, takes the turn, and keeps it.
     second, _ = timed_sweep(local_cluster)
-    assert set(second) == {"primary", "hung1", "hung2"}
+    assert set(second) == {"hung1", "hung2"}
     assert second["hung1"].consecutive_failures == 2
     assert second["hung2"].consecutive_failures == 1
 
-    # Both hung hosts are now suspects: every healthy endpoint gets its turn again.
+    # Both hung hosts are now suspects: the healthy endpoint gets its turn again.
     third, _ = timed_sweep(local_cluster)
-    assert set(third) == {"primary", "replica1", "replica2", "hung1", "hung2"}
+    assert set(third) == {"replica1", "hung1", "hung2"}
+    assert third["replica1"].result.ok, third["replica1"].result.error
 
 
 def test_probe_order_is_the_primary_then_the_longest_unprobed() -> None:
