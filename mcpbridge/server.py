@@ -33,6 +33,7 @@ from endpoints.crypto import redact
 from endpoints.failover import FailoverError
 from endpoints.models import Cluster
 from endpoints.sqlguard import Refused
+from mcpbridge.stdio import stdio_streams
 
 logger = logging.getLogger("pgwarden.mcp")
 
@@ -152,9 +153,18 @@ OPERATE = ToolAnnotations(
 )
 
 
-def build_server(config: BridgeConfig) -> MCPServer:
+class PgwardenServer(MCPServer):
+    """The SDK's server, served on stdio by :mod:`mcpbridge.stdio` (no thread per message)."""
+
+    async def run_stdio_async(self) -> None:
+        async with stdio_streams() as (read_stream, write_stream):
+            lowlevel = self._lowlevel_server
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+
+def build_server(config: BridgeConfig) -> PgwardenServer:
     """The MCP server for ``config``: its tools, and the cluster resources."""
-    server: MCPServer = MCPServer(name="pgwarden", instructions=INSTRUCTIONS)
+    server = PgwardenServer(name="pgwarden", instructions=INSTRUCTIONS)
     bridge = _Bridge(config)
     _add_read_tools(server, bridge)
     if config.allow_writes:

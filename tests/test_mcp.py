@@ -555,6 +555,81 @@ def test_stdout_carries_only_the_protocol_and_the_log_warns_about_the_role(
     assert pg_cluster.password not in done.stderr
 
 
+def test_pipes_are_served_from_the_event_loop_with_calls_in_flight_and_long_messages(
+    cluster: Cluster,
+) -> None:
+    # Several times asyncio's default line limit (64 KiB), each way.
+    big = "x" * 300_000
+
+    @run()
+    async def body(mcp: Mcp) -> None:
+        data = await mcp.ok("query", sql="SELECT %s AS s, length(%s) AS n", params=[big, big])
+        assert data["rows"] == [{"s": big, "n": 300_000}]
+
+        # Calls in flight together: a slow one does not hold up the others.
+        finished: list[str] = []
+
+        async def call(label: str, sql: str) -> None:
+            await mcp.ok("query", sql=sql)
+            finished.append(label)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, "slow", "SELECT pg_sleep(1.5) IS NULL AS slept")
+            await anyio.sleep(0.2)
+            for i in range(10):
+                group.start_soon(call, f"quick{i}", f"SELECT {i} AS i")
+        assert finished[-1] == "slow", finished
+        assert len(finished) == 11
+        assert "stdio: serving the pipes from the event loop" in mcp.stderr
+
+
+def test_stdio_that_is_not_a_pipe_is_served_by_the_sdk_transport(
+    cluster: Cluster, tmp_path: Any
+) -> None:
+    messages = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "files", "version": "0"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "query", "arguments": {"sql": "SELECT 41 + 1 AS answer"}},
+        },
+    ]
+    # stdout a regular file (stdin stays a pipe until the answers are in: EOF ends a session).
+    responses = tmp_path / "responses.jsonl"
+    with responses.open("wb") as stdout:
+        server = subprocess.Popen(
+            command(), cwd=ROOT, stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE
+        )
+        assert server.stdin is not None
+        server.stdin.write("".join(json.dumps(m) + "\n" for m in messages).encode())
+        server.stdin.flush()
+        deadline = time.monotonic() + 60
+        while '"id":2' not in responses.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _, stderr_bytes = server.communicate(timeout=30)  # closes stdin: the server ends
+    stderr = stderr_bytes.decode(errors="replace")
+
+    answers = {}
+    for line in responses.read_text().splitlines():
+        message = json.loads(line)
+        answers[message.get("id")] = message
+    assert answers[1]["result"]["serverInfo"]["name"] == "pgwarden", stderr
+    assert answers[2]["result"]["structuredContent"]["rows"] == [{"answer": 42}], stderr
+    assert "the SDK's threaded transport" in stderr
+    assert server.returncode == 0, stderr
+
+
 # Admin tools
 
 
