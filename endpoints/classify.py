@@ -128,6 +128,9 @@ class Classification:
     # SET, RESET, LISTEN, PREPARE, cursors, transaction control, set_config(), session-level
     # advisory locks. The router discards such a connection rather than hand it on.
     session_state: bool = False
+    # One SELECT (VALUES, TABLE, UNION...) that only reads: what DECLARE ... CURSOR FOR
+    # accepts, so the router can run it as a cursor and fetch only the rows it needs.
+    cursor_ok: bool = False
 
     @property
     def is_read(self) -> bool:
@@ -472,7 +475,8 @@ def _classify(sql: str, strict: bool) -> Classification:
                 reason = f"statement {index} of {count}: {reason}"
             return Classification("write", reason, count, frozenset(functions), None, session)
     reason = verdicts[0][1] if count == 1 else f"all {count} statements only read"
-    return Classification("read", reason, count, frozenset(functions), None, session)
+    cursor_ok = count == 1 and isinstance(raw_statements[0].stmt, ast.SelectStmt)
+    return Classification("read", reason, count, frozenset(functions), None, session, cursor_ok)
 
 
 def _parse(sql: str) -> tuple[ast.RawStmt, ...]:

@@ -58,8 +58,9 @@ def read_query(
         sql,
         params,
         # The guard classified it a read already (a cache hit now); "auto" hands the
-        # router that classification, which lets it stream: it stops reading after
-        # max_rows instead of holding a huge result in memory.
+        # router that classification, which lets it run a SELECT as a cursor (one round
+        # trip, and the server produces only max_rows + 1 rows) or stream anything else:
+        # never a huge result held in memory.
         intent="auto",
         read_only=True,
         read_preference=read_preference,

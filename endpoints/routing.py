@@ -416,6 +416,7 @@ class Router:
             raise ValueError(f"intent must be one of {', '.join(INTENTS)}, not {intent!r}")
         request = _Request(view.name, kind, _read_preference(read_preference, view))
         can_stream = max_rows is not None and _single_statement(classification)
+        as_cursor = read_only and classification is not None and classification.cursor_ok
         session = _changes_session(sql_text, params, classification, view)
         want_lsn = view.has_replicas
 
@@ -437,6 +438,7 @@ class Router:
                         timeout_ms=timeout_ms,
                         max_rows=max_rows,
                         stream=can_stream and request.kind == "read",
+                        as_cursor=as_cursor,
                     )
                 if request.kind == "write" and want_lsn:
                     result.lsn = _current_lsn(checkout.conn)
@@ -841,9 +843,14 @@ def _run_statement(
     timeout_ms: int | None,
     max_rows: int | None,
     stream: bool,
+    as_cursor: bool = False,
 ) -> QueryResult:
     if not (timeout_ms or read_only):
         return _execute(conn, sql_text, params, max_rows=max_rows, stream=stream)
+    if read_only and as_cursor and _PIPELINE:
+        return _read_through_cursor(
+            conn, sql_text, params, timeout_ms=timeout_ms, max_rows=max_rows
+        )
     # A transaction scopes the timeout (SET LOCAL) and the read-only mode (before the
     # statement, so the server refuses any write it might do); reads are rolled back, not
     # committed. BEGIN and the settings go in one round trip: psycopg's transaction()
@@ -858,6 +865,47 @@ def _run_statement(
         _end_transaction(conn, "ROLLBACK")
         raise
     _end_transaction(conn, "ROLLBACK" if read else "COMMIT")
+    return result
+
+
+# libpq 14+ (psycopg's binary package ships a newer one) sends statements as a pipeline.
+_PIPELINE = psycopg.Pipeline.is_supported()
+_CURSOR_NAME = "pgwarden_read"
+
+
+def _read_through_cursor(
+    conn: psycopg.Connection[Any],
+    sql_text: str,
+    params: Any,
+    *,
+    timeout_ms: int | None,
+    max_rows: int | None,
+) -> QueryResult:
+    """A read-only SELECT in one network round trip, rolled back, reading max_rows + 1 rows.
+
+    BEGIN READ ONLY, the timeout, the query as a cursor, one FETCH and the ROLLBACK go to
+    the server together in pipeline mode: one round trip where running them one by one
+    takes three. The cursor is what keeps it bounded: the server produces at most
+    max_rows + 1 rows (and plans for a fast start), as streaming would read.
+    """
+    fetch = f"FETCH FORWARD {max_rows + 1}" if max_rows is not None else "FETCH ALL"
+    rows_cur = conn.cursor()
+    try:
+        with conn.pipeline():
+            conn.execute(b"BEGIN READ ONLY")
+            if timeout_ms:
+                conn.execute(f"SET LOCAL statement_timeout = '{int(timeout_ms)}ms'".encode())
+            conn.execute(f"DECLARE {_CURSOR_NAME} NO SCROLL CURSOR FOR {sql_text}", params)
+            rows_cur.execute(f"{fetch} FROM {_CURSOR_NAME}".encode())
+            conn.execute(b"ROLLBACK")
+    except BaseException:
+        # A failed statement aborts the rest of the pipeline, ROLLBACK included.
+        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            _end_transaction(conn, "ROLLBACK")
+        raise
+    result = _result(rows_cur, rows_cur.fetchall(), max_rows)
+    # The query's own tag rather than FETCH's; unknown when rows were left unread.
+    result.status = None if result.truncated else f"SELECT {len(result.rows)}"
     return result
 
 

@@ -528,7 +528,9 @@ def test_classification_is_immutable() -> None:
     with pytest.raises(AttributeError):
         result.kind = "write"  # type: ignore[misc]
     assert isinstance(result.functions, frozenset)
-    assert result == Classification("read", "SELECT only reads", 1, frozenset(), None)
+    assert result == Classification(
+        "read", "SELECT only reads", 1, frozenset(), None, session_state=False, cursor_ok=True
+    )
 
 
 def test_repeated_sql_is_served_from_the_cache() -> None:
@@ -813,3 +815,37 @@ def test_statements_that_leave_session_state_say_so(sql: str) -> None:
 )
 def test_statements_that_leave_no_session_state(sql: str) -> None:
     assert not classify(sql).session_state
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1",
+        "select * from t where id = $1 -- trailing comment",
+        "VALUES (1), (2)",
+        "TABLE t",
+        "WITH x AS (SELECT 1 AS a) SELECT a FROM x",
+        "SELECT 1 UNION ALL SELECT 2",
+        "SELECT 1;",
+    ],
+)
+def test_single_reading_selects_can_run_as_a_cursor(sql: str) -> None:
+    assert classify(sql).cursor_ok
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SHOW work_mem",  # DECLARE takes only SELECT and VALUES
+        "EXPLAIN SELECT 1",
+        "SELECT 1; SELECT 2",  # a cursor holds one query
+        "SELECT * INTO t2 FROM t",
+        "SELECT * FROM t FOR UPDATE",
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        "INSERT INTO t VALUES (1)",
+        "SELEC 1",
+        "",
+    ],
+)
+def test_other_statements_do_not_run_as_a_cursor(sql: str) -> None:
+    assert not classify(sql).cursor_ok

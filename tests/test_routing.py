@@ -694,3 +694,68 @@ def test_session_state_never_reaches_the_next_caller_of_a_pooled_connection(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242"
         ).fetchone()
     assert held == (0,)  # released with the session that took it
+
+
+# Named cursors only: the statement running the query holds the unnamed portal.
+CURSORS_SQL = "SELECT name FROM pg_cursors WHERE name <> ''"
+
+
+def test_a_read_only_select_runs_as_a_cursor_that_stops_at_max_rows_and_leaves_nothing_open(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    configure(cluster, read_preference="primary")
+    # What the statement sees: a READ ONLY transaction with the timeout, its parameters bound.
+    result = routing.execute(
+        "local",
+        "SELECT current_setting('transaction_read_only') AS ro, "
+        "current_setting('statement_timeout') AS timeout, %s::int + 1 AS answer",
+        [41],
+        read_only=True,
+        timeout_ms=1500,
+        max_rows=10,
+    )
+    assert result.rows == [{"ro": "on", "timeout": "1500ms", "answer": 42}]
+    assert result.column_types == ["text", "text", "int4"]
+    assert result.status == "SELECT 1"
+    # The query is the pipeline's cursor (so the server computes no more than it returns).
+    cursors = routing.execute("local", CURSORS_SQL, read_only=True, max_rows=5)
+    assert cursors.rows == [{"name": "pgwarden_read"}]
+
+    # 1000 rows at 50 ms each would outlive the 5 s timeout; only max_rows + 1 are produced.
+    slow = routing.execute(
+        "local",
+        "SELECT g FROM generate_series(1, 1000) AS g WHERE pg_sleep(0.05) IS NOT NULL",
+        read_only=True,
+        timeout_ms=5000,
+        max_rows=3,
+    )
+    assert slow.rows == [{"g": 1}, {"g": 2}, {"g": 3}]
+    assert slow.truncated
+
+    # Errors while declaring, while fetching, and the timeout: each reported as itself...
+    with pytest.raises(QueryError) as missing:
+        routing.execute("local", "SELECT * FROM no_such_table", read_only=True, max_rows=5)
+    assert missing.value.sqlstate == "42P01"
+    assert 'relation "no_such_table" does not exist' in str(missing.value)
+    with pytest.raises(QueryError) as late:
+        routing.execute(
+            "local",
+            "SELECT 1 / (g - 3) FROM generate_series(1, 5) AS g",
+            read_only=True,
+            max_rows=9,
+        )
+    assert late.value.sqlstate == "22012"  # division_by_zero, raised by FETCH
+    with pytest.raises(QueryError) as slow_error:
+        routing.execute("local", "SELECT pg_sleep(5)", read_only=True, timeout_ms=200, max_rows=5)
+    assert slow_error.value.sqlstate == "57014"  # query_canceled by statement_timeout
+
+    # ...and none leaves a transaction or the cursor behind on a pooled connection.
+    for _ in range(5):
+        again = routing.execute("local", CURSORS_SQL, read_only=True, max_rows=5)
+        assert again.rows == [{"name": "pgwarden_read"}]
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
+        open_transactions = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert open_transactions == (0,)
