@@ -883,7 +883,7 @@ def _read_through_cursor(
 ) -> QueryResult:
     """A read-only SELECT in one network round trip, rolled back, reading max_rows + 1 rows.
 
-    BEGIN READ ONLY, the timeout, the query as a cursor, one FETCH and the ROLLBACK go to
+    BEGIN READ ONLY, the settings, the query as a cursor, one FETCH and the ROLLBACK go to
     the server together in pipeline mode: one round trip where running them one by one
     takes three. The cursor is what keeps it bounded: the server produces at most
     max_rows + 1 rows (and plans for a fast start), as streaming would read.
@@ -893,8 +893,7 @@ def _read_through_cursor(
     try:
         with conn.pipeline():
             conn.execute(b"BEGIN READ ONLY")
-            if timeout_ms:
-                conn.execute(f"SET LOCAL statement_timeout = '{int(timeout_ms)}ms'".encode())
+            conn.execute(_cursor_settings(timeout_ms))
             conn.execute(f"DECLARE {_CURSOR_NAME} NO SCROLL CURSOR FOR {sql_text}", params)
             rows_cur.execute(f"{fetch} FROM {_CURSOR_NAME}".encode())
             conn.execute(b"ROLLBACK")
@@ -907,6 +906,18 @@ def _read_through_cursor(
     # The query's own tag rather than FETCH's; unknown when rows were left unread.
     result.status = None if result.truncated else f"SELECT {len(result.rows)}"
     return result
+
+
+def _cursor_settings(timeout_ms: int | None) -> bytes:
+    """Transaction-local settings in one statement: the timeout, and plans as for a query.
+
+    A cursor is planned for a fast start (cursor_tuple_fraction 0.1); at 1 it gets the
+    plan the same statement gets on its own, the one ``explain`` shows.
+    """
+    settings = "set_config('cursor_tuple_fraction', '1', true)"
+    if timeout_ms:
+        settings += f", set_config('statement_timeout', '{int(timeout_ms)}ms', true)"
+    return f"SELECT {settings}".encode()
 
 
 def _end_transaction(conn: psycopg.Connection[Any], command: LiteralString) -> None:

@@ -708,14 +708,16 @@ def test_a_read_only_select_runs_as_a_cursor_that_stops_at_max_rows_and_leaves_n
     result = routing.execute(
         "local",
         "SELECT current_setting('transaction_read_only') AS ro, "
-        "current_setting('statement_timeout') AS timeout, %s::int + 1 AS answer",
+        "current_setting('statement_timeout') AS timeout, %s::int + 1 AS answer, "
+        "current_setting('cursor_tuple_fraction') AS fraction",
         [41],
         read_only=True,
         timeout_ms=1500,
         max_rows=10,
     )
-    assert result.rows == [{"ro": "on", "timeout": "1500ms", "answer": 42}]
-    assert result.column_types == ["text", "text", "int4"]
+    # fraction 1: the cursor gets the plan the statement gets on its own (and explain shows).
+    assert result.rows == [{"ro": "on", "timeout": "1500ms", "answer": 42, "fraction": "1"}]
+    assert result.column_types == ["text", "text", "int4", "text"]
     assert result.status == "SELECT 1"
     # The query is the pipeline's cursor (so the server computes no more than it returns).
     cursors = routing.execute("local", CURSORS_SQL, read_only=True, max_rows=5)
