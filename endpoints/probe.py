@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.conninfo import timeout_from_conninfo
@@ -44,6 +44,10 @@ SELECT r.in_recovery,
        current_setting('default_transaction_read_only')::bool
 FROM (SELECT pg_is_in_recovery() AS in_recovery) AS r
 """
+
+# A replay lag this long is looked at again after a pause (see settled_replay_lag).
+RECHECK_LAG_S = 1.0
+RECHECK_PAUSE_S = 0.05
 
 # Connection set-ups a sweep runs at once besides its suspects (see sweep_endpoints). On
 # the 2-core machine of `make bench`, with 400 healthy endpoints on one local server, 24
@@ -100,6 +104,8 @@ async def probe_async(
             cursor = await conn.execute(PROBE_SQL)
             row = await cursor.fetchone()
             done = time.perf_counter()
+            assert row is not None
+            lag_s = await settled_replay_lag(conn, row[3], row[4])
     except TimeoutError:
         return _no_answer(info, timeout_s)
     except psycopg.errors.ConnectionTimeout:
@@ -114,7 +120,6 @@ async def probe_async(
     finally:
         if conn is not None:
             await conn.close()
-    assert row is not None
     return ProbeResult(
         ok=True,
         latency_ms=(done - connected) * 1000,
@@ -123,12 +128,37 @@ async def probe_async(
         server_version=str(row[1]),
         wal_lsn=row[2],
         received_lsn=row[3],
-        # Clocks of primary and replica may differ by a little: never a negative lag.
-        replay_lag_s=None if row[4] is None else max(0.0, row[4]),
+        replay_lag_s=lag_s,
         connections_in_use=row[5],
         max_connections=row[6],
         read_only=bool(row[7]),
     )
+
+
+async def settled_replay_lag(
+    conn: psycopg.AsyncConnection[Any], received_lsn: int | None, lag_s: float | None
+) -> float | None:
+    """PROBE_SQL's replay lag, looked at again when it may be the length of a quiet spell.
+
+    With WAL received but not yet replayed, a replica's lag is the age of the last
+    transaction it replayed. After the primary was quiet for a minute, a checkpoint or
+    one commit makes that a minute, though replaying it takes milliseconds: a false
+    alert, and a replica taken out of reads. So a lag over RECHECK_LAG_S is checked
+    again after RECHECK_PAUSE_S: a replica that has replayed all it had received is
+    caught up (0, as when nothing was pending); one still replaying keeps its lag.
+    """
+    if lag_s is None:
+        return None
+    # Clocks of primary and replica may differ by a little: never a negative lag.
+    lag_s = max(0.0, lag_s)
+    if lag_s < RECHECK_LAG_S or received_lsn is None:
+        return lag_s
+    await asyncio.sleep(RECHECK_PAUSE_S)
+    cursor = await conn.execute(
+        "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint >= %s", [received_lsn]
+    )
+    row = await cursor.fetchone()
+    return 0.0 if row is not None and row[0] else lag_s
 
 
 def _no_answer(info: ConnectionInfo, timeout_s: float) -> ProbeResult:

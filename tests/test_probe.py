@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import psycopg
 import pytest
 
 from endpoints import probe as probe_module
@@ -11,7 +13,15 @@ from endpoints.conninfo import ConnectionInfo
 from endpoints.crypto import Secret
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint, Role
-from endpoints.probe import ProbeResult, check_endpoint, check_endpoints, probe, sweep_endpoints
+from endpoints.probe import (
+    PROBE_SQL,
+    ProbeResult,
+    check_endpoint,
+    check_endpoints,
+    probe,
+    settled_replay_lag,
+    sweep_endpoints,
+)
 
 # Scheduling slack on a loaded machine; far below the next whole second of a missed deadline.
 MARGIN_S = 1.0  # generous: CI machines have 2 cores and may be busy
@@ -67,6 +77,55 @@ def test_probe_of_a_replica_reports_it_is_in_recovery(pg_cluster: LocalPostgresC
     assert result.ok, result.error
     assert result.in_recovery is True
     assert "in recovery (replica)" in result.summary()
+
+
+def test_after_a_quiet_spell_pending_wal_is_not_taken_for_lag(
+    pg_cluster: LocalPostgresCluster,
+) -> None:
+    primary = psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True)
+    primary.execute("CREATE TABLE IF NOT EXISTS probe_quiet (v int)")  # a commit to replay
+    pg_cluster.wait_for_replay()
+
+    async def main() -> None:
+        replica = await psycopg.AsyncConnection.connect(
+            **pg_cluster.conninfo("replica1"), autocommit=True
+        )
+        await replica.execute("SELECT pg_wal_replay_pause()")
+        try:
+            time.sleep(1.5)  # the quiet spell
+            primary.execute("INSERT INTO probe_quiet VALUES (1)")
+            target = primary.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            assert target is not None
+            for _ in range(200):  # received, not replayed
+                cursor = await replica.execute(
+                    "SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn", [target[0]]
+                )
+                if (await cursor.fetchone()) == (True,):
+                    break
+                await asyncio.sleep(0.05)
+            row = await (await replica.execute(PROBE_SQL)).fetchone()
+            assert row is not None
+            received, apparent_lag = row[3], row[4]
+            # The age of the last replayed commit, which is the quiet spell, not the lag.
+            assert apparent_lag is not None
+            assert apparent_lag >= 1.5
+
+            # Still not replaying: the lag stands.
+            assert await settled_replay_lag(replica, received, apparent_lag) == apparent_lag
+        finally:
+            await replica.execute("SELECT pg_wal_replay_resume()")
+        pg_cluster.wait_for_replay()
+        # Replaying what it had received took no time: caught up, as if nothing was pending.
+        assert await settled_replay_lag(replica, received, apparent_lag) == 0.0
+        # Short lags are taken as they are, with no second look.
+        assert await settled_replay_lag(replica, received, 0.4) == 0.4
+        await replica.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        primary.execute("DROP TABLE probe_quiet")
+        primary.close()
 
 
 def test_probe_of_a_closed_port_fails_naming_the_port(closed_port: int) -> None:
