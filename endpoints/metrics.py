@@ -384,15 +384,12 @@ def _cluster_families(registry: _Registry) -> Iterator[Metric]:
 def _routed_clusters() -> list[tuple[routing.Router, routing.ClusterRuntime]]:
     """The clusters this process's router has served, without creating anything.
 
-    routing exposes no listing: its private state is read here, never changed. No
-    router yet (nothing routed in this process) means no router series.
+    No router yet (nothing routed in this process) means no router series.
     """
-    router = routing._router
+    router = routing.current_router()
     if router is None:
         return []
-    # One C-level copy: the router may add a runtime meanwhile.
-    runtimes = list(router._runtimes.values())
-    return [(router, runtime) for runtime in sorted(runtimes, key=lambda r: r.view.name)]
+    return [(router, runtime) for runtime in router.runtimes()]
 
 
 def _router_families(roles: dict[tuple[str, str], str]) -> Iterator[Metric]:

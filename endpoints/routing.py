@@ -570,6 +570,13 @@ class Router:
             _restore_session(conn)
             checkout.pool.release(conn, checkout.token)
 
+    def runtimes(self) -> list[ClusterRuntime]:
+        """The clusters this router has served, by name; looking creates nothing."""
+        # One C-level copy, without the lock: _adopt holds it while pools close, and a
+        # metrics scrape must not wait for that.
+        runtimes = list(self._runtimes.values())
+        return sorted(runtimes, key=lambda runtime: runtime.view.name)
+
     def stats(self, cluster: str) -> dict[str, Any]:
         view, runtime = self._cluster(cluster)
         blocked = runtime.blocked_circuits()
@@ -1293,6 +1300,11 @@ def stats(cluster: str) -> dict[str, Any]:
     return get_router().stats(cluster)
 
 
+def current_router() -> Router | None:
+    """This process's router if anything was routed yet, else None (and none is created)."""
+    return _router
+
+
 __all__ = [
     "ClusterNotFound",
     "NoEndpointAvailable",
@@ -1301,6 +1313,7 @@ __all__ = [
     "RoutingError",
     "WriteOutcomeUnknown",
     "connection",
+    "current_router",
     "execute",
     "get_router",
     "reset_router",

@@ -352,7 +352,7 @@ def test_a_scrape_creates_no_router_pool_or_connection(
 ) -> None:
     samples = scrape(client)
 
-    assert routing._router is None
+    assert routing.current_router() is None
     assert value(samples, "pgwarden_router_clusters", process=process_label()) == 0
     assert "pgwarden_router_requests_total" not in samples
     assert value(samples, "pgwarden_cluster_primary_available", cluster="local") == 1
