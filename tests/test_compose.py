@@ -289,7 +289,7 @@ def test_commands_run_the_project(model: Model) -> None:
     assert "--app=project" in services["worker"]["healthcheck"]["test"][1]
 
 
-def test_web_health_check_asks_for_a_real_page_on_the_bound_port(model: Model) -> None:
+def test_web_health_check_asks_the_liveness_endpoint_on_the_bound_port(model: Model) -> None:
     web = model["services"]["web"]
     [bind] = [arg for arg in web["command"] if arg.startswith("--bind=")]
     port = bind.rsplit(":", 1)[1]
@@ -298,7 +298,7 @@ def test_web_health_check_asks_for_a_real_page_on_the_bound_port(model: Model) -
 
     assert url.startswith(f"http://127.0.0.1:{port}/")
     assert "127.0.0.1" in VARIABLES["ALLOWED_HOSTS"].parse(web["environment"]["ALLOWED_HOSTS"])
-    assert resolve(url.split(port, 1)[1]).url_name == "login"
+    assert resolve(url.split(port, 1)[1]).url_name == "healthz"
     published = [(p["host_ip"], p["published"], p["target"]) for p in web["ports"]]
     assert published == [("127.0.0.1", compose_only_variables()["PGWARDEN_WEB_PORT"], int(port))]
     compile(code, "healthcheck", "exec")
