@@ -82,6 +82,7 @@ from pglast import ast
 from pglast.enums import (
     LockClauseStrength,
     ObjectType,
+    ReindexObjectType,
     TransactionStmtKind,
     VariableSetKind,
 )
@@ -131,6 +132,9 @@ class Classification:
     # One SELECT (VALUES, TABLE, UNION...) that only reads: what DECLARE ... CURSOR FOR
     # accepts, so the router can run it as a cursor and fetch only the rows it needs.
     cursor_ok: bool = False
+    # One statement PostgreSQL refuses inside a transaction block (VACUUM, CREATE INDEX
+    # CONCURRENTLY, CREATE DATABASE, ALTER SYSTEM...): it must run on its own, in autocommit.
+    outside_transaction: bool = False
 
     @property
     def is_read(self) -> bool:
@@ -469,14 +473,60 @@ def _classify(sql: str, strict: bool) -> Classification:
     session = any(isinstance(raw.stmt, _SESSION_CHANGING) for raw in raw_statements) or bool(
         functions & SESSION_FUNCTIONS
     )
+    outside = count == 1 and _outside_transaction(raw_statements[0].stmt)
     for index, (kind, reason) in enumerate(verdicts, start=1):
         if kind == "write":
             if count > 1:
                 reason = f"statement {index} of {count}: {reason}"
-            return Classification("write", reason, count, frozenset(functions), None, session)
+            return Classification(
+                "write",
+                reason,
+                count,
+                frozenset(functions),
+                None,
+                session,
+                outside_transaction=outside,
+            )
     reason = verdicts[0][1] if count == 1 else f"all {count} statements only read"
     cursor_ok = count == 1 and isinstance(raw_statements[0].stmt, ast.SelectStmt)
     return Classification("read", reason, count, frozenset(functions), None, session, cursor_ok)
+
+
+# Always refused inside a transaction block (PreventInTransactionBlock in PostgreSQL).
+_OUTSIDE_TRANSACTION = (
+    ast.CreatedbStmt,
+    ast.DropdbStmt,
+    ast.CreateTableSpaceStmt,
+    ast.DropTableSpaceStmt,
+    ast.AlterSystemStmt,
+    ast.CreateSubscriptionStmt,
+    ast.AlterSubscriptionStmt,
+    ast.DropSubscriptionStmt,
+)
+
+
+def _outside_transaction(stmt: ast.Node | None) -> bool:
+    """Whether PostgreSQL refuses ``stmt`` inside a transaction block.
+
+    Erring towards yes costs little (the router then runs it in autocommit), so
+    subscriptions count whatever their options.
+    """
+    if isinstance(stmt, _OUTSIDE_TRANSACTION):
+        return True
+    if isinstance(stmt, ast.VacuumStmt):
+        return bool(stmt.is_vacuumcmd)  # VACUUM; ANALYZE alone runs anywhere
+    if isinstance(stmt, ast.IndexStmt | ast.DropStmt):
+        return bool(stmt.concurrent)
+    if isinstance(stmt, ast.ReindexStmt):
+        options = {str(option.defname).lower() for option in stmt.params or ()}
+        return "concurrently" in options or stmt.kind in (
+            ReindexObjectType.REINDEX_OBJECT_SCHEMA,
+            ReindexObjectType.REINDEX_OBJECT_SYSTEM,
+            ReindexObjectType.REINDEX_OBJECT_DATABASE,
+        )
+    if isinstance(stmt, ast.ClusterStmt):
+        return stmt.relation is None  # CLUSTER of every table
+    return False
 
 
 def _parse(sql: str) -> tuple[ast.RawStmt, ...]:

@@ -84,6 +84,9 @@ def write_statement(
 ) -> dict[str, Any]:
     """Run one statement that may write, on the primary, and commit it.
 
+    Statements PostgreSQL refuses inside a transaction block (VACUUM, CREATE INDEX
+    CONCURRENTLY...) run on their own in autocommit, the timeout set for the session.
+
     Returns ``{"rows_affected", "columns", "rows" (RETURNING rows), "truncated", "status"
     (the command tag), "endpoint", "role", "elapsed_ms", "lsn"}``. A lost connection raises
     ``routing.WriteOutcomeUnknown``: the write may or may not have been applied.

@@ -417,7 +417,12 @@ class Router:
         request = _Request(view.name, kind, _read_preference(read_preference, view))
         can_stream = max_rows is not None and _single_statement(classification)
         as_cursor = read_only and classification is not None and classification.cursor_ok
-        session = _changes_session(sql_text, params, classification, view)
+        facts = _facts(sql_text, params, classification, view)
+        # VACUUM, CREATE INDEX CONCURRENTLY...: never inside a transaction block.
+        outside = facts.outside_transaction and not read_only
+        # State left on the connection (SET, LISTEN, a session lock, or the session timeout
+        # an outside-transaction statement needs) must not reach the next caller.
+        session = facts.session_state or outside
         want_lsn = view.has_replicas
 
         while True:
@@ -439,6 +444,7 @@ class Router:
                         max_rows=max_rows,
                         stream=can_stream and request.kind == "read",
                         as_cursor=as_cursor,
+                        outside_transaction=outside,
                     )
                 if request.kind == "write" and want_lsn:
                     result.lsn = _current_lsn(checkout.conn)
@@ -482,7 +488,7 @@ class Router:
         view, runtime = self._cluster(cluster)
         kind = "read" if read_only else "write"
         request = _Request(view.name, kind, _read_preference(read_preference, view))
-        session = any(_changes_session(text, params, None, view) for text, params in statements)
+        session = any(_facts(text, params, None, view).session_state for text, params in statements)
 
         while True:
             checkout = self._checkout(view, runtime, request)
@@ -851,7 +857,14 @@ def _run_statement(
     max_rows: int | None,
     stream: bool,
     as_cursor: bool = False,
+    outside_transaction: bool = False,
 ) -> QueryResult:
+    if outside_transaction:
+        # PostgreSQL refuses it in a transaction block, so the timeout is the session's:
+        # the router closes this connection afterwards.
+        if timeout_ms:
+            conn.execute(f"SET statement_timeout = '{int(timeout_ms)}ms'".encode())
+        return _execute(conn, sql_text, params, max_rows=max_rows, stream=False)
     if not (timeout_ms or read_only):
         return _execute(conn, sql_text, params, max_rows=max_rows, stream=stream)
     if read_only and as_cursor and _PIPELINE:
@@ -1144,20 +1157,21 @@ def _read_preference(read_preference: str | None, view: ClusterView) -> str:
     return read_preference
 
 
-def _changes_session(
+def _facts(
     sql_text: str, params: Any, classification: Classification | None, view: ClusterView
-) -> bool:
-    """Whether the statement leaves session state (SET, LISTEN, a session advisory lock...).
+) -> Classification:
+    """What the parser says of the statement, even when an explicit intent skipped it.
 
-    A pooled connection is shared: such state would reach whoever gets the connection
-    next, so the router closes it after the call instead of returning it. For a session
-    of your own, use :func:`connection` (reset when it is handed back).
+    Its ``session_state`` (SET, LISTEN, a session advisory lock...) matters whatever the
+    intent: a pooled connection is shared, so such state would reach whoever gets the
+    connection next, and the router closes it after the call instead of returning it. For
+    a session of your own, use :func:`connection` (reset when it is handed back).
     """
-    if classification is None:  # an explicit intent skipped it; cached after the first
-        classification = classify(
-            sql_text, strict=view.strict_classification, client_placeholders=params is not None
-        )
-    return classification.session_state
+    if classification is not None:
+        return classification
+    return classify(  # cached after the first time
+        sql_text, strict=view.strict_classification, client_placeholders=params is not None
+    )
 
 
 def _single_statement(classification: Classification | None) -> bool:

@@ -849,3 +849,46 @@ def test_single_reading_selects_can_run_as_a_cursor(sql: str) -> None:
 )
 def test_other_statements_do_not_run_as_a_cursor(sql: str) -> None:
     assert not classify(sql).cursor_ok
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "VACUUM t",
+        "VACUUM (ANALYZE, VERBOSE) t",
+        "CREATE INDEX CONCURRENTLY i ON t (a)",
+        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS i ON t (a)",
+        "DROP INDEX CONCURRENTLY i",
+        "REINDEX TABLE CONCURRENTLY t",
+        "REINDEX (CONCURRENTLY) INDEX i",
+        "REINDEX SCHEMA public",
+        "REINDEX DATABASE app",
+        "CREATE DATABASE d",
+        "DROP DATABASE d",
+        "CREATE TABLESPACE s LOCATION '/srv/s'",
+        "ALTER SYSTEM SET work_mem = '8MB'",
+        "CLUSTER",
+        "DROP SUBSCRIPTION s",
+    ],
+)
+def test_statements_postgresql_refuses_in_a_transaction_block_say_so(sql: str) -> None:
+    classification = classify(sql)
+    assert classification.kind == "write"
+    assert classification.outside_transaction
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "ANALYZE t",
+        "CREATE INDEX i ON t (a)",
+        "DROP INDEX i",
+        "REINDEX TABLE t",
+        "CLUSTER t USING i",
+        "INSERT INTO t VALUES (1)",
+        "SELECT 1",
+        "VACUUM t; VACUUM u",  # two statements are one implicit transaction anyway
+    ],
+)
+def test_statements_that_run_in_a_transaction_block_do_not(sql: str) -> None:
+    assert not classify(sql).outside_transaction

@@ -357,6 +357,14 @@ def test_write_tools_commit_report_and_roll_back_as_they_say(
         updated = await mcp.ok("execute", sql="UPDATE mcp_orders SET amount = amount + 1")
         assert updated["rows_affected"] == 2
 
+        # PostgreSQL runs these only outside a transaction block: execute runs them alone.
+        vacuumed = await mcp.ok("execute", sql="VACUUM (ANALYZE) mcp_orders")
+        assert vacuumed["status"] == "VACUUM"
+        indexed = await mcp.ok(
+            "execute", sql="CREATE INDEX CONCURRENTLY mcp_orders_amount ON mcp_orders (amount)"
+        )
+        assert indexed["status"] == "CREATE INDEX"
+
         stacked = await mcp.error("execute", sql="SELECT 1; DELETE FROM mcp_orders")
         assert "one statement" in stacked
 
@@ -520,19 +528,24 @@ def test_start_up_errors_exit_non_zero_with_one_line(cluster: Cluster, tmp_path:
     assert "migrate" in line
 
 
-def test_stdout_carries_only_the_protocol_and_the_log_warns_about_the_role(
-    cluster: Cluster, pg_cluster: LocalPostgresCluster
-) -> None:
-    initialize = {
+def raw_initialize(client: str) -> dict[str, Any]:
+    """The initialize request, as JSON-RPC, for tests that write the protocol themselves."""
+    return {
         "jsonrpc": "2.0",
         "id": 1,
         "method": "initialize",
         "params": {
             "protocolVersion": "2025-06-18",
             "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"},
+            "clientInfo": {"name": client, "version": "0"},
         },
     }
+
+
+def test_stdout_carries_only_the_protocol_and_the_log_warns_about_the_role(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    initialize = raw_initialize("raw")
     done = subprocess.run(
         command(),
         cwd=ROOT,
@@ -587,16 +600,7 @@ def test_stdio_that_is_not_a_pipe_is_served_by_the_sdk_transport(
     cluster: Cluster, tmp_path: Any
 ) -> None:
     messages = [
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "files", "version": "0"},
-            },
-        },
+        raw_initialize("files"),
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {
             "jsonrpc": "2.0",

@@ -761,3 +761,47 @@ def test_a_read_only_select_runs_as_a_cursor_that_stops_at_max_rows_and_leaves_n
             "WHERE state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()"
         ).fetchone()
     assert open_transactions == (0,)
+
+
+def test_statements_postgresql_runs_only_outside_a_transaction_run_with_their_timeout(
+    cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    configure(cluster, read_preference="primary")
+    routing.execute("local", "INSERT INTO routing_t (note) VALUES ('a'), ('b')")
+    default = routing.execute("local", "SHOW statement_timeout").rows
+
+    # With a timeout a statement runs in a transaction (SET LOCAL); these cannot.
+    vacuum = routing.execute(
+        "local", "VACUUM (ANALYZE) routing_t", intent="write", timeout_ms=29_999, max_rows=10
+    )
+    assert vacuum.status == "VACUUM"
+    created = routing.execute(
+        "local",
+        "CREATE INDEX CONCURRENTLY routing_t_note ON routing_t (note)",
+        timeout_ms=29_999,
+    )
+    assert created.endpoint == "primary"
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
+        valid = conn.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'routing_t_note'::regclass"
+        ).fetchone()
+        assert valid == (True,)
+        analyzed = conn.execute(
+            "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'routing_t'"
+        ).fetchone()
+        assert analyzed == (True,)
+
+        # The timeout still holds: waiting on a lock another session holds, it is cancelled.
+        with psycopg.connect(**pg_cluster.conninfo("primary")) as locker:
+            locker.execute("LOCK TABLE routing_t IN SHARE UPDATE EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(QueryError) as cancelled:
+                routing.execute("local", "DROP INDEX CONCURRENTLY routing_t_note", timeout_ms=300)
+            assert cancelled.value.sqlstate == "57014"  # query_canceled
+            assert time.monotonic() - started < 10
+        still_there = conn.execute("SELECT to_regclass('routing_t_note') IS NOT NULL").fetchone()
+        assert still_there == (True,)
+
+    # The session timeout those needed never reaches the next caller of the pool.
+    for _ in range(5):
+        assert routing.execute("local", "SHOW statement_timeout").rows == default
