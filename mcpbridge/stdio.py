@@ -10,8 +10,9 @@ transports instead: the SDK still parses, validates and serialises every
 message; only the waiting moves into the event loop.
 
 Anything else on stdin or stdout (a terminal, a regular file, stdout shared
-with stderr) gets the SDK's own transport unchanged: asyncio would switch such
-a descriptor to non-blocking mode, and with it whatever else shares it.
+with stderr, one socket for both) gets the SDK's own transport unchanged:
+asyncio would switch such a descriptor to non-blocking mode, and with it
+whatever else shares it.
 
 As the SDK does, fd 0 is pointed at the null device and fd 1 at stderr while
 serving, so a stray ``print`` or a child process can never corrupt the
@@ -96,7 +97,10 @@ class _Wire:
 
 
 def _claim_pipes() -> _Wire | None:
-    """Divert fds 0 and 1 and return the wire, if both are pipes or sockets of their own."""
+    """Divert fds 0 and 1 and return the wire, if both are pipes or sockets of their own.
+
+    Node-based clients (libuv) give a child a socket pair per stream, others pipes.
+    """
     if not (_is_std(sys.stdin, 0) and _is_std(sys.stdout, 1)):
         return None
     try:
@@ -104,6 +108,10 @@ def _claim_pipes() -> _Wire | None:
     except OSError:
         return None
     if not (_pipe_like(stdin) and _pipe_like(stdout)) or _same_file(stdout, 2):
+        return None
+    if _same_file(stdout, 0):
+        # One socket both ways: asyncio's write transport watches its descriptor for the
+        # reader going away, and would take the client's next request for that.
         return None
     sys.stdout.flush()
     read_fd = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)

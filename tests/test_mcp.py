@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -631,6 +632,51 @@ def test_stdio_that_is_not_a_pipe_is_served_by_the_sdk_transport(
     assert answers[1]["result"]["serverInfo"]["name"] == "pgwarden", stderr
     assert answers[2]["result"]["structuredContent"]["rows"] == [{"answer": 42}], stderr
     assert "the SDK's threaded transport" in stderr
+    assert server.returncode == 0, stderr
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["a-socket-each-way", "one-socket"])
+def test_sockets_as_node_clients_give_them_are_served(cluster: Cluster, shared: bool) -> None:
+    # libuv (Node, Electron) hands a child a socket pair per stream rather than a pipe.
+    ours_in, theirs_in = socket.socketpair()
+    ours_out, theirs_out = (ours_in, theirs_in) if shared else socket.socketpair()
+    with ours_in, theirs_in, ours_out, theirs_out:
+        server = subprocess.Popen(
+            command(),
+            cwd=ROOT,
+            stdin=theirs_in.fileno(),
+            stdout=theirs_out.fileno(),
+            stderr=subprocess.PIPE,
+        )
+        theirs_in.close()
+        theirs_out.close()
+        requests = [
+            raw_initialize("sockets"),
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "query", "arguments": {"sql": "SELECT 6 * 7 AS answer"}},
+            },
+        ]
+        ours_in.sendall("".join(json.dumps(m) + "\n" for m in requests).encode())
+        ours_out.settimeout(60)
+        replies = ours_out.makefile("rb")
+        answers = {}
+        while 2 not in answers:
+            line = replies.readline()
+            assert line, "the server closed its stdout before answering"
+            message = json.loads(line)
+            answers[message.get("id")] = message
+        replies.close()
+        ours_in.shutdown(socket.SHUT_WR)  # EOF on the server's stdin: it ends
+        _, stderr_bytes = server.communicate(timeout=30)
+    stderr = stderr_bytes.decode(errors="replace")
+
+    assert answers[2]["result"]["structuredContent"]["rows"] == [{"answer": 42}], stderr
+    expected = "threaded transport" if shared else "serving the pipes from the event loop"
+    assert expected in stderr
     assert server.returncode == 0, stderr
 
 
