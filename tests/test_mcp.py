@@ -543,6 +543,20 @@ def raw_initialize(client: str) -> dict[str, Any]:
     }
 
 
+def raw_query_session(client: str, sql: str) -> list[dict[str, Any]]:
+    """initialize, initialized, then ``query(sql)`` as request 2."""
+    return [
+        raw_initialize(client),
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "query", "arguments": {"sql": sql}},
+        },
+    ]
+
+
 def test_stdout_carries_only_the_protocol_and_the_log_warns_about_the_role(
     cluster: Cluster, pg_cluster: LocalPostgresCluster
 ) -> None:
@@ -600,16 +614,7 @@ def test_pipes_are_served_from_the_event_loop_with_calls_in_flight_and_long_mess
 def test_stdio_that_is_not_a_pipe_is_served_by_the_sdk_transport(
     cluster: Cluster, tmp_path: Any
 ) -> None:
-    messages = [
-        raw_initialize("files"),
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {
-            "jsonrpc": "2.0",
-            "id": 2,
-            "method": "tools/call",
-            "params": {"name": "query", "arguments": {"sql": "SELECT 41 + 1 AS answer"}},
-        },
-    ]
+    messages = raw_query_session("files", "SELECT 41 + 1 AS answer")
     # stdout a regular file (stdin stays a pipe until the answers are in: EOF ends a session).
     responses = tmp_path / "responses.jsonl"
     with responses.open("wb") as stdout:
@@ -650,16 +655,7 @@ def test_sockets_as_node_clients_give_them_are_served(cluster: Cluster, shared: 
         )
         theirs_in.close()
         theirs_out.close()
-        requests = [
-            raw_initialize("sockets"),
-            {"jsonrpc": "2.0", "method": "notifications/initialized"},
-            {
-                "jsonrpc": "2.0",
-                "id": 2,
-                "method": "tools/call",
-                "params": {"name": "query", "arguments": {"sql": "SELECT 6 * 7 AS answer"}},
-            },
-        ]
+        requests = raw_query_session("sockets", "SELECT 6 * 7 AS answer")
         ours_in.sendall("".join(json.dumps(m) + "\n" for m in requests).encode())
         ours_out.settimeout(60)
         replies = ours_out.makefile("rb")
