@@ -63,12 +63,27 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[webdriver.Chrome]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+# The page swaps in fresh HTML every few seconds, so an element found by one WebDriver call
+# may be gone (stale) by the next: each read below is one script, atomic in the page.
+
+
 def tile_states(browser: webdriver.Chrome, cluster: Cluster) -> dict[str, str]:
-    tiles = browser.find_elements(By.CSS_SELECTOR, f"#pgw-cluster-{cluster.pk} .pgw-tile")
-    return {
-        tile.get_attribute("data-endpoint") or "": tile.get_attribute("data-state") or ""
-        for tile in tiles
-    }
+    states: dict[str, str] = browser.execute_script(
+        "return Object.fromEntries(Array.from(document.querySelectorAll(arguments[0]),"
+        " (tile) => [tile.dataset.endpoint || '', tile.dataset.state || '']));",
+        f"#pgw-cluster-{cluster.pk} .pgw-tile",
+    )
+    return states
+
+
+def text_of(browser: webdriver.Chrome, selector: str) -> str:
+    """The rendered text of the first element ``selector`` matches ('' if none)."""
+    text: str = browser.execute_script(
+        "const element = document.querySelector(arguments[0]);"
+        " return element ? element.innerText : '';",
+        selector,
+    )
+    return text
 
 
 def screenshot(browser: webdriver.Chrome, name: str) -> None:
@@ -103,10 +118,12 @@ def test_dashboard_shows_a_stopped_replica_go_down_without_a_reload(
         "replica1": State.HEALTHY,
         "replica2": State.HEALTHY,
     }
-    topology = browser.find_element(By.CSS_SELECTOR, f"#pgw-cluster-{local_cluster.pk} .pgw-tree")
-    assert "replica2 replicates from primary" in topology.text
-    sparklines = browser.find_elements(By.CSS_SELECTOR, ".pgw-tile svg.pgw-chart")
-    assert len(sparklines) == 6  # latency and lag per endpoint
+    topology = text_of(browser, f"#pgw-cluster-{local_cluster.pk} .pgw-tree")
+    assert "replica2 replicates from primary" in topology
+    sparklines = browser.execute_script(
+        "return document.querySelectorAll('.pgw-tile svg.pgw-chart').length;"
+    )
+    assert sparklines == 6  # latency and lag per endpoint
     # The script runs and refreshes in place.
     wait.until(
         lambda b: b.execute_script("return window.pgwFleet && window.pgwFleet.refreshes") >= 1
@@ -128,8 +145,7 @@ def test_dashboard_shows_a_stopped_replica_go_down_without_a_reload(
             "replica2": State.DOWN,
         }
         assert browser.execute_script("return window.pgwNotReloaded") == "still the same page"
-        tile = browser.find_element(By.CSS_SELECTOR, '.pgw-tile[data-endpoint="replica2"]')
-        assert "down" in tile.text
+        assert "down" in text_of(browser, '.pgw-tile[data-endpoint="replica2"]')
         assert browser.execute_script("return window.pgwFleet.failures") == 0
         screenshot(browser, "dashboard-replica-down.png")
     finally:
