@@ -906,7 +906,7 @@ def _read_through_cursor(
     BEGIN READ ONLY, the settings, the query as a cursor, one FETCH and the ROLLBACK go to
     the server together in pipeline mode: one round trip where running them one by one
     takes three. The cursor is what keeps it bounded: the server produces at most
-    max_rows + 1 rows (and plans for a fast start), as streaming would read.
+    max_rows + 1 rows, as many as streaming would read.
     """
     fetch = f"FETCH FORWARD {max_rows + 1}" if max_rows is not None else "FETCH ALL"
     rows_cur = conn.cursor()
