@@ -30,9 +30,10 @@ key                    severity  holds while
 Delivery (:func:`deliver`), for raised, cleared and event alerts alike: always
 the ``pgwarden.alerts`` logger; Django's ``mail_admins`` when ``ADMINS`` is set
 (``PGWARDEN_ALERT_EMAILS``); a JSON POST to ``PGWARDEN_ALERT_WEBHOOK_URL`` when
-set. Mail and webhook each go out on a background thread, in the order the alerts
-were raised and cleared, with short timeouts: a slow mail server or webhook never
-holds up a sweep, and their failures are logged.
+set (a redirect is logged, never followed). Mail and webhook each go out on a
+background thread, in the order the alerts were raised and cleared, with short
+timeouts: a slow mail server or webhook never holds up a sweep, and their failures
+are logged.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ PRIMARY_DOWN_KEY = "primary_down"
 ENDPOINT_CONDITION_PREFIXES = ("replica_lag:", "role_mismatch:", "split_brain:")
 
 WEBHOOK_TIMEOUT_S = 2.0
+# What urllib would follow; the webhook follows none of them.
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # At exit, how long queued deliveries may still take to go out.
 DRAIN_AT_EXIT_S = 5.0
 # Endpoint names listed in a cluster-wide alert's message.
@@ -458,7 +461,22 @@ def _send_email(payload: dict[str, Any]) -> None:
         logger.error("alert email %r could not be sent: %s", subject, exc)
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: urllib then raises HTTPError with the 3xx status.
+
+    Followed, a 301/302/303 would turn the POST into a bodiless GET (the alert lost, yet
+    "delivered"), and any redirect could carry the alert to a host nobody configured.
+    """
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_webhook_opener = urllib.request.build_opener(_RefuseRedirects)
+
+
 def _post_webhook(url: str, payload: dict[str, Any]) -> None:
+    """POST ``payload`` as JSON to ``url``; failures, redirects included, are logged."""
     request = urllib.request.Request(  # noqa: S310 - http(s) only, checked by project.env
         url,
         data=json.dumps(payload).encode(),
@@ -468,11 +486,20 @@ def _post_webhook(url: str, payload: dict[str, Any]) -> None:
     # Its path and query often carry a token: logs name the host only.
     where = urlsplit(url).netloc.rsplit("@", 1)[-1]
     try:
-        with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:  # noqa: S310
+        with _webhook_opener.open(request, timeout=WEBHOOK_TIMEOUT_S) as response:
             response.read()
     except urllib.error.HTTPError as exc:
+        redirect = (
+            " (a redirect, not followed: set PGWARDEN_ALERT_WEBHOOK_URL to the final address)"
+            if exc.code in REDIRECT_STATUSES
+            else ""
+        )
         logger.error(
-            "alert webhook at %s answered HTTP %s to alert %s", where, exc.code, payload["id"]
+            "alert webhook at %s answered HTTP %s%s to alert %s",
+            where,
+            exc.code,
+            redirect,
+            payload["id"],
         )
     except (OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)

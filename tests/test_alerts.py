@@ -429,6 +429,72 @@ def test_a_webhook_error_status_is_logged(
     assert any(f"answered HTTP {status}" in e for e in errors), errors
 
 
+class RequestLog(http.server.ThreadingHTTPServer):
+    """A server on 127.0.0.1 that notes every request (any method) and answers ``status``.
+
+    With ``location`` set, the answer carries that ``Location`` header: a redirect.
+    """
+
+    def __init__(self, status: int = 204, location: str | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), _RequestLogHandler)
+        self.status = status
+        self.location = location
+        self.requests: list[tuple[str, str]] = []
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def where(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _RequestLogHandler(http.server.BaseHTTPRequestHandler):
+    server: RequestLog
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.requests.append((self.command, self.path))
+        self.send_response(self.server.status)
+        if self.server.location:
+            self.send_header("Location", self.server.location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = do_PUT = do_HEAD = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output quiet
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", [307, 302, 301, 303, 308])
+def test_a_webhook_redirect_is_not_followed_and_is_logged_without_the_token(
+    settings: Any, pgwarden_logs: pytest.LogCaptureFixture, status: int
+) -> None:
+    final = RequestLog()
+    first = RequestLog(status, location=f"http://{final.where}/hooks/final-token-789")
+    settings.PGWARDEN_ALERT_WEBHOOK_URL = f"http://{first.where}/hooks/secret-token-789"
+    cluster = Cluster.objects.create(name="moved")
+    try:
+        alert = notify_event(cluster, Alert.Kind.FAILOVER, "critical", "failover failed")
+        assert wait_for_deliveries()
+    finally:
+        first.close()
+        final.close()
+
+    assert first.requests == [("POST", "/hooks/secret-token-789")]
+    assert final.requests == []  # neither the POST nor a bodiless GET went on
+    errors = [r.getMessage() for r in pgwarden_logs.records if r.levelno == logging.ERROR]
+    assert errors == [
+        f"alert webhook at {first.where} answered HTTP {status} (a redirect, not followed: "
+        f"set PGWARDEN_ALERT_WEBHOOK_URL to the final address) to alert {alert.pk}"
+    ]
+
+
 @pytest.mark.django_db
 def test_mail_admins_delivers_when_admins_are_configured(settings: Any, mailoutbox: list) -> None:
     cluster = Cluster.objects.create(name="mail")
