@@ -1,11 +1,19 @@
 """Decide whether SQL sent by an assistant may run, as a read or as a write.
 
 :func:`check_read` admits one statement that :func:`endpoints.classify.classify` calls a read;
-:func:`check_write` admits one statement that is not transaction control or session state; both
-refuse ``COPY`` and calls of :data:`REFUSED_FUNCTIONS` (files, other servers, server control,
-SQL hidden in strings) wherever they appear; :func:`check_explain` decides how ``EXPLAIN
-[ANALYZE]`` of a statement may run. Anything refused raises :class:`Refused`, whose message
-says why in one sentence.
+:func:`check_write` admits one statement that is not transaction control, session state or
+``ALTER SYSTEM``; :func:`check_explain` decides how ``EXPLAIN [ANALYZE]`` of a statement may
+run. All three refuse ``COPY`` and every name in :data:`REFUSALS`, wherever it appears in the
+statement: calls of functions (files, other servers, server control, SQL hidden in strings,
+effects a rollback does not undo), references to relations that hold secrets (password
+verifiers, connection strings, sampled column values) and reads of settings whose values hold
+secrets or name server files (``SHOW name``, ``current_setting('name')``, ``SHOW ALL``).
+Anything refused raises :class:`Refused`, whose message says why in one sentence.
+
+The secrets are refused whatever the role: ``pg_read_all_data`` grants SELECT on the system
+catalogs too, so even a least-privilege role could read ``pg_authid``. This is defence in
+depth, not a sandbox: it reads only the SQL text, so a view or function that reads a refused
+relation is not seen (and a role that may write can create one).
 
 This is the first line only: reads also run in a ``READ ONLY`` transaction that is rolled back
 (see :func:`endpoints.routing.execute`), which catches writes hidden in views or user functions.
@@ -14,7 +22,8 @@ This is the first line only: reads also run in a ``READ ONLY`` transaction that 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from pglast import ast
 
@@ -32,96 +41,548 @@ from endpoints.classify import (
 from endpoints.classify import _parse as parse_statements
 from endpoints.routing import RoutingError
 
+RefusalKind = Literal["function", "function_prefix", "relation", "setting", "setting_substring"]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One name the guard refuses wherever it appears in a statement, and why.
+
+    ``kind`` says where ``name`` (lower case) is matched, whatever the schema and the case:
+
+    ``"function"``
+        a call ``name(...)``, or attribute notation ``x.name`` (which PostgreSQL reads as
+        ``name(x)``);
+    ``"function_prefix"``
+        a call of any function whose name starts with ``name`` (calls only: ordinary columns
+        are called ``lo_something``);
+    ``"relation"``
+        a table reference: ``FROM``, ``JOIN``, ``TABLE name``, subqueries, CTEs, the target
+        or ``FROM`` of a write;
+    ``"setting"``
+        ``SHOW name`` or ``current_setting('name')``;
+    ``"setting_substring"``
+        the same for an extension's setting (its name has a dot: ``myext.password``) whose name
+        contains ``name``.
+
+    ``reason`` completes "refused: <name> ..." in one sentence. ``example`` is one statement
+    that uses the entry: the tests check that the guard refuses it and the server accepts it.
+    """
+
+    kind: RefusalKind
+    name: str
+    reason: str
+    example: str
+
+
+def _entries(kind: RefusalKind, reason: str, examples: dict[str, str]) -> tuple[Refusal, ...]:
+    """Entries of one kind that share a reason, from each name's example."""
+    return tuple(Refusal(kind, name, reason, example) for name, example in examples.items())
+
+
 _FILES = "reads files on the database server"
+_FILE_METADATA = "reads file metadata on the database server"
 _DIRECTORIES = "lists directories on the database server"
 _WRITES_FILES = "writes files on the database server"
 _LARGE_OBJECTS = "uses large objects, which read and write data outside tables"
 _REMOTE = "connects to another server"
+_SESSION = "which would outlive the request on a pooled connection"
 _HIDDEN_SQL = "runs SQL passed as a string, which cannot be checked"
+_EXPORTS_TABLES = (
+    "exports every row of the tables a name or a string designates, which cannot be checked "
+    "(table_to_xml('pg_authid', ...) returns password verifiers)"
+)
+_EXPORTS_CURSOR = "exports the rows of a cursor, whose query cannot be checked"
+_NOT_UNDONE = "which a rollback does not undo"
+_VERIFIERS = "pg_authid's password verifiers included"
+_SAMPLES = f"sampled values of every table's columns, {_VERIFIERS}"
+_EXTENDED_SAMPLES = "sampled values of extended statistics, outside table privileges"
+_COMMAND = "is a shell command the server runs, which may hold credentials"
+_SERVER_FILE = "names a file or directory on the database server"
+_TELLING_NAME = "may hold a secret: its name contains"
 
-# Why each refused function is refused, by lower-case unqualified name.
-_REFUSED: dict[str, str] = {
-    "pg_read_file": _FILES,
-    "pg_read_binary_file": _FILES,
-    "pg_stat_file": "reads file metadata on the database server",
-    "pg_ls_dir": _DIRECTORIES,
-    "pg_ls_logdir": _DIRECTORIES,
-    "pg_ls_waldir": _DIRECTORIES,
-    "pg_ls_tmpdir": _DIRECTORIES,
-    "pg_ls_archive_statusdir": _DIRECTORIES,
-    "pg_ls_logicalsnapdir": _DIRECTORIES,
-    "pg_ls_logicalmapdir": _DIRECTORIES,
-    "pg_ls_replslotdir": _DIRECTORIES,
-    # adminpack, current and legacy names.
-    "pg_file_write": _WRITES_FILES,
-    "pg_file_rename": _WRITES_FILES,
-    "pg_file_unlink": _WRITES_FILES,
-    "pg_file_sync": _WRITES_FILES,
-    "pg_file_read": _FILES,
-    "pg_file_length": "reads file metadata on the database server",
-    "pg_logdir_ls": _DIRECTORIES,
-    "lo_import": "reads a file on the database server into a large object",
-    "lo_export": "writes a large object to a file on the database server",
-    **dict.fromkeys(
-        (
-            "lo_close",
-            "lo_creat",
-            "lo_create",
-            "lo_from_bytea",
-            "lo_get",
-            "lo_lseek",
-            "lo_lseek64",
-            "lo_open",
-            "lo_put",
-            "lo_tell",
-            "lo_tell64",
-            "lo_truncate",
-            "lo_truncate64",
-            "lo_unlink",
-            "loread",
-            "lowrite",
-        ),
+# Every name the guard refuses, with why. The lookups below are derived from this table only.
+REFUSALS: tuple[Refusal, ...] = (
+    # Server files and directories (adminpack's pg_file_* and pg_logdir_ls: current and legacy
+    # names).
+    *_entries(
+        "function",
+        _FILES,
+        {
+            "pg_read_file": "SELECT pg_read_file('postgresql.conf')",
+            "pg_read_binary_file": "SELECT pg_read_binary_file('postgresql.conf')",
+            "pg_file_read": "SELECT pg_file_read('postgresql.conf', 0, 9)",
+        },
+    ),
+    *_entries(
+        "function",
+        _FILE_METADATA,
+        {
+            "pg_stat_file": "SELECT pg_stat_file('postgresql.conf')",
+            "pg_file_length": "SELECT pg_file_length('postgresql.conf')",
+        },
+    ),
+    *_entries(
+        "function",
+        _DIRECTORIES,
+        {
+            "pg_ls_dir": "SELECT * FROM pg_ls_dir('.')",
+            "pg_ls_logdir": "SELECT * FROM pg_ls_logdir()",
+            "pg_ls_waldir": "SELECT * FROM pg_ls_waldir()",
+            "pg_ls_tmpdir": "SELECT * FROM pg_ls_tmpdir()",
+            "pg_ls_archive_statusdir": "SELECT * FROM pg_ls_archive_statusdir()",
+            "pg_ls_logicalsnapdir": "SELECT * FROM pg_ls_logicalsnapdir()",
+            "pg_ls_logicalmapdir": "SELECT * FROM pg_ls_logicalmapdir()",
+            "pg_ls_replslotdir": "SELECT * FROM pg_ls_replslotdir('guard')",
+            "pg_logdir_ls": "SELECT * FROM pg_logdir_ls() AS t(modified timestamp, name text)",
+        },
+    ),
+    Refusal("function_prefix", "pg_ls_", _DIRECTORIES, "SELECT * FROM pg_ls_waldir()"),
+    *_entries(
+        "function",
+        _WRITES_FILES,
+        {
+            "pg_file_write": "SELECT pg_file_write('guard', 'x', false)",
+            "pg_file_rename": "SELECT pg_file_rename('guard', 'guard_renamed')",
+            "pg_file_unlink": "SELECT pg_file_unlink('guard')",
+            "pg_file_sync": "SELECT pg_file_sync('guard')",
+        },
+    ),
+    Refusal(
+        "function_prefix",
+        "pg_file_",
+        "accesses files on the database server",
+        "SELECT pg_file_unlink('guard')",
+    ),
+    # Large objects: server files, and data outside table privileges.
+    Refusal(
+        "function",
+        "lo_import",
+        "reads a file on the database server into a large object",
+        "SELECT lo_import('/etc/passwd')",
+    ),
+    Refusal(
+        "function",
+        "lo_export",
+        "writes a large object to a file on the database server",
+        "SELECT lo_export(lo_from_bytea(0, 'x'), '/tmp/guard_lo')",
+    ),
+    # 393216 opens for reading and writing (reading alone would not see the new object).
+    *_entries(
+        "function",
         _LARGE_OBJECTS,
+        {
+            "lo_close": "SELECT lo_close(lo_open(lo_create(0), 393216))",
+            "lo_creat": "SELECT lo_creat(-1)",
+            "lo_create": "SELECT lo_create(0)",
+            "lo_from_bytea": "SELECT lo_from_bytea(0, 'x')",
+            "lo_get": "SELECT lo_get(oid) FROM pg_largeobject_metadata",
+            "lo_lseek": "SELECT lo_lseek(lo_open(lo_create(0), 393216), 0, 0)",
+            "lo_lseek64": "SELECT lo_lseek64(lo_open(lo_create(0), 393216), 0, 0)",
+            "lo_open": "SELECT lo_open(lo_create(0), 393216)",
+            "lo_put": "SELECT lo_put(lo_create(0), 0, 'x')",
+            "lo_tell": "SELECT lo_tell(lo_open(lo_create(0), 393216))",
+            "lo_tell64": "SELECT lo_tell64(lo_open(lo_create(0), 393216))",
+            "lo_truncate": "SELECT lo_truncate(lo_open(lo_create(0), 393216), 0)",
+            "lo_truncate64": "SELECT lo_truncate64(lo_open(lo_create(0), 393216), 0)",
+            "lo_unlink": "SELECT lo_unlink(lo_create(0))",
+            "loread": "SELECT loread(lo_open(lo_create(0), 393216), 1)",
+            "lowrite": "SELECT lowrite(lo_open(lo_create(0), 393216), 'x')",
+        },
     ),
-    "dblink": _REMOTE,
-    **dict.fromkeys(
-        (
-            "dblink_connect",
-            "dblink_connect_u",
-            "dblink_exec",
-            "dblink_open",
-            "dblink_fetch",
-            "dblink_send_query",
-            "dblink_get_result",
-        ),
+    Refusal("function_prefix", "lo_", _LARGE_OBJECTS, "SELECT lo_create(0)"),
+    # dblink: other servers.
+    *_entries(
+        "function",
         _REMOTE,
+        {
+            "dblink": "SELECT * FROM dblink('dbname=app', 'SELECT 1') AS t(a int)",
+            "dblink_connect": "SELECT dblink_connect('dbname=app')",
+            "dblink_connect_u": "SELECT dblink_connect_u('dbname=app')",
+            "dblink_exec": "SELECT dblink_exec('dbname=app', 'SELECT 1')",
+            "dblink_open": "SELECT dblink_open('guard', 'SELECT 1')",
+            "dblink_fetch": "SELECT * FROM dblink_fetch('guard', 1) AS t(a int)",
+            "dblink_send_query": "SELECT dblink_send_query('guard', 'SELECT 1')",
+            "dblink_get_result": "SELECT * FROM dblink_get_result('guard') AS t(a int)",
+        },
     ),
-    "pg_terminate_backend": "ends another session",
-    "pg_cancel_backend": "cancels another session's query",
-    "pg_log_backend_memory_contexts": "signals another server process",
-    "pg_reload_conf": "reloads the server configuration",
-    "pg_rotate_logfile": "rotates the server log",
-    "pg_rotate_logfile_old": "rotates the server log",
-    "pg_promote": "promotes a standby server",
-    "set_config": "changes settings, which would outlive the request on a pooled connection",
+    Refusal("function_prefix", "dblink_", _REMOTE, "SELECT dblink_disconnect()"),
+    # Server control: other sessions, the server itself.
+    Refusal(
+        "function", "pg_terminate_backend", "ends another session", "SELECT pg_terminate_backend(0)"
+    ),
+    Refusal(
+        "function",
+        "pg_cancel_backend",
+        "cancels another session's query",
+        "SELECT pg_cancel_backend(0)",
+    ),
+    Refusal(
+        "function",
+        "pg_log_backend_memory_contexts",
+        "signals another server process",
+        "SELECT pg_log_backend_memory_contexts(0)",
+    ),
+    Refusal(
+        "function", "pg_reload_conf", "reloads the server configuration", "SELECT pg_reload_conf()"
+    ),
+    *_entries(
+        "function",
+        "rotates the server log",
+        {
+            "pg_rotate_logfile": "SELECT pg_rotate_logfile()",
+            "pg_rotate_logfile_old": "SELECT pg_rotate_logfile_old()",
+        },
+    ),
+    Refusal("function", "pg_promote", "promotes a standby server", "SELECT pg_promote()"),
+    *_entries(
+        "function",
+        f"pauses or resumes WAL replay on a standby, {_NOT_UNDONE}",
+        {
+            "pg_wal_replay_pause": "SELECT pg_wal_replay_pause()",
+            "pg_wal_replay_resume": "SELECT pg_wal_replay_resume()",
+        },
+    ),
+    # Session state.
+    Refusal(
+        "function",
+        "set_config",
+        f"changes settings, {_SESSION}",
+        "SELECT set_config('work_mem', '64kB', true)",
+    ),
+    Refusal(
+        "function", "setseed", f"seeds random() for the session, {_SESSION}", "SELECT setseed(0.5)"
+    ),
     # These execute a query given as text, where nothing above can see what it calls:
     # query_to_xml('select pg_read_file(...)', ...) reads a file.
-    "query_to_xml": _HIDDEN_SQL,
-    "query_to_xmlschema": _HIDDEN_SQL,
-    "query_to_xml_and_xmlschema": _HIDDEN_SQL,
-    "ts_stat": _HIDDEN_SQL,
-    "ts_rewrite": _HIDDEN_SQL,
-}
+    *_entries(
+        "function",
+        _HIDDEN_SQL,
+        {
+            "query_to_xml": "SELECT query_to_xml('SELECT 1', true, false, '')",
+            "query_to_xmlschema": "SELECT query_to_xmlschema('SELECT 1', true, false, '')",
+            "query_to_xml_and_xmlschema": (
+                "SELECT query_to_xml_and_xmlschema('SELECT 1', true, false, '')"
+            ),
+            "ts_stat": "SELECT * FROM ts_stat('SELECT to_tsvector(''a b'')')",
+            "ts_rewrite": "SELECT ts_rewrite('a', 'SELECT ''a''::tsquery, ''b''::tsquery')",
+        },
+    ),
+    # These run a SELECT over the tables that a name or a string designates, so the relation
+    # refusals below never see which.
+    *_entries(
+        "function",
+        _EXPORTS_TABLES,
+        {
+            "table_to_xml": "SELECT table_to_xml('pg_authid', true, false, '')",
+            "table_to_xmlschema": "SELECT table_to_xmlschema('pg_authid', true, false, '')",
+            "table_to_xml_and_xmlschema": (
+                "SELECT table_to_xml_and_xmlschema('pg_authid', true, false, '')"
+            ),
+            "schema_to_xml": "SELECT schema_to_xml('public', true, false, '')",
+            "schema_to_xmlschema": "SELECT schema_to_xmlschema('public', true, false, '')",
+            "schema_to_xml_and_xmlschema": (
+                "SELECT schema_to_xml_and_xmlschema('public', true, false, '')"
+            ),
+            "database_to_xml": "SELECT database_to_xml(true, false, '')",
+            "database_to_xmlschema": "SELECT database_to_xmlschema(true, false, '')",
+            "database_to_xml_and_xmlschema": (
+                "SELECT database_to_xml_and_xmlschema(true, false, '')"
+            ),
+        },
+    ),
+    *_entries(
+        "function",
+        _EXPORTS_CURSOR,
+        {
+            "cursor_to_xml": "SELECT cursor_to_xml('guard', 1, false, true, '')",
+            "cursor_to_xmlschema": "SELECT cursor_to_xmlschema('guard', false, true, '')",
+        },
+    ),
+    # pageinspect: raw pages bypass table privileges and hold every row.
+    Refusal(
+        "function",
+        "get_raw_page",
+        f"returns a relation's raw pages, {_VERIFIERS}",
+        "SELECT get_raw_page('pg_authid', 0)",
+    ),
+    # The functions behind the views of settings and configuration files refused below.
+    Refusal(
+        "function",
+        "pg_show_all_settings",
+        "returns every setting, secrets included (it backs pg_settings)",
+        "SELECT * FROM pg_show_all_settings()",
+    ),
+    Refusal(
+        "function",
+        "pg_show_all_file_settings",
+        "returns the server's configuration files, secrets included (it backs pg_file_settings)",
+        "SELECT * FROM pg_show_all_file_settings()",
+    ),
+    Refusal(
+        "function",
+        "pg_hba_file_rules",
+        "returns the server's pg_hba.conf (it backs pg_hba_file_rules)",
+        "SELECT * FROM pg_hba_file_rules()",
+    ),
+    Refusal(
+        "function",
+        "pg_ident_file_mappings",
+        "returns the server's pg_ident.conf (it backs pg_ident_file_mappings)",
+        "SELECT * FROM pg_ident_file_mappings()",
+    ),
+    # Effects that a rollback does not undo: reads and EXPLAIN ANALYZE of writes rely on
+    # rolling back. (pg_stat_clear_snapshot only drops this transaction's statistics cache.)
+    Refusal(
+        "function",
+        "pg_stat_statements_reset",
+        f"discards query statistics, {_NOT_UNDONE}",
+        "SELECT pg_stat_statements_reset()",
+    ),
+    Refusal(
+        "function_prefix",
+        "pg_stat_reset",
+        f"resets statistics, {_NOT_UNDONE}",
+        "SELECT pg_stat_reset_shared('bgwriter')",
+    ),
+    Refusal(
+        "function",
+        "pg_switch_wal",
+        f"switches to a new WAL file, {_NOT_UNDONE}",
+        "SELECT pg_switch_wal()",
+    ),
+    Refusal(
+        "function",
+        "pg_create_restore_point",
+        f"writes a restore point to the WAL, {_NOT_UNDONE}",
+        "SELECT pg_create_restore_point('guard')",
+    ),
+    # pg_start_backup and pg_stop_backup: their names before PostgreSQL 15.
+    *_entries(
+        "function",
+        f"starts or stops a backup, {_NOT_UNDONE}",
+        {
+            "pg_backup_start": "SELECT pg_backup_start('guard')",
+            "pg_backup_stop": "SELECT * FROM pg_backup_stop()",
+            "pg_start_backup": "SELECT pg_start_backup('guard')",
+            "pg_stop_backup": "SELECT pg_stop_backup()",
+        },
+    ),
+    *_entries(
+        "function",
+        f"creates, moves or drops a replication slot, {_NOT_UNDONE}",
+        {
+            "pg_create_physical_replication_slot": (
+                "SELECT pg_create_physical_replication_slot('guard')"
+            ),
+            "pg_create_logical_replication_slot": (
+                "SELECT pg_create_logical_replication_slot('guard', 'test_decoding')"
+            ),
+            "pg_copy_physical_replication_slot": (
+                "SELECT pg_copy_physical_replication_slot('guard', 'guard_copy')"
+            ),
+            "pg_copy_logical_replication_slot": (
+                "SELECT pg_copy_logical_replication_slot('guard', 'guard_copy')"
+            ),
+            "pg_drop_replication_slot": "SELECT pg_drop_replication_slot('guard')",
+            "pg_replication_slot_advance": "SELECT pg_replication_slot_advance('guard', '0/0')",
+        },
+    ),
+    Refusal(
+        "function_prefix",
+        "pg_replication_origin_",
+        "uses replication origins, whose changes a rollback does not undo",
+        "SELECT pg_replication_origin_create('guard')",
+    ),
+    Refusal(
+        "function_prefix",
+        "pg_logical_slot_",
+        f"decodes a logical replication slot's changes and consumes them (get), {_NOT_UNDONE}",
+        "SELECT * FROM pg_logical_slot_get_changes('guard', NULL, NULL)",
+    ),
+    Refusal(
+        "function",
+        "pg_logical_emit_message",
+        f"writes a message to the WAL, {_NOT_UNDONE} when it is not transactional",
+        "SELECT pg_logical_emit_message(false, 'guard', 'x')",
+    ),
+    # Relations that hold secrets. Matched on the unqualified name in any schema, so a user's
+    # own table that happens to share one of these names is refused too: acceptable, and it
+    # also catches pg_catalog.pg_authid, "PG_AUTHID" and a search_path that puts pg_catalog
+    # later.
+    Refusal(
+        "relation",
+        "pg_authid",
+        "holds every role's password verifier",
+        "SELECT rolname, rolpassword FROM pg_authid",
+    ),
+    Refusal(
+        "relation",
+        "pg_shadow",
+        "shows every role's password verifier",
+        "SELECT usename, passwd FROM pg_shadow",
+    ),
+    Refusal(
+        "relation",
+        "pg_user_mapping",
+        "holds user mappings' options, passwords for other servers included",
+        "SELECT umoptions FROM pg_user_mapping",
+    ),
+    Refusal(
+        "relation",
+        "pg_user_mappings",
+        "shows user mappings' options, passwords for other servers included",
+        "SELECT srvname, umoptions FROM pg_user_mappings",
+    ),
+    Refusal(
+        "relation",
+        "pg_hba_file_rules",
+        "shows the server's pg_hba.conf, which is the operator's business",
+        "SELECT * FROM pg_hba_file_rules",
+    ),
+    Refusal(
+        "relation",
+        "pg_ident_file_mappings",
+        "shows the server's pg_ident.conf, which is the operator's business",
+        "SELECT * FROM pg_ident_file_mappings",
+    ),
+    Refusal(
+        "relation",
+        "pg_file_settings",
+        "shows the server's configuration files, secrets such as primary_conninfo included",
+        "SELECT name, setting FROM pg_file_settings",
+    ),
+    Refusal(
+        "relation",
+        "pg_settings",
+        "shows every setting, secrets such as primary_conninfo included; use SHOW name or "
+        "current_setting('name') for one setting",
+        "SELECT name, setting FROM pg_settings",
+    ),
+    Refusal(
+        "relation",
+        "pg_statistic",
+        f"holds {_SAMPLES}",
+        "SELECT starelid, stavalues1::text FROM pg_statistic",
+    ),
+    Refusal(
+        "relation",
+        "pg_stats",
+        f"shows {_SAMPLES}",
+        "SELECT histogram_bounds::text FROM pg_stats WHERE tablename = 'pg_authid'",
+    ),
+    Refusal(
+        "relation",
+        "pg_statistic_ext_data",
+        f"holds {_EXTENDED_SAMPLES}",
+        "SELECT * FROM pg_statistic_ext_data",
+    ),
+    *_entries(
+        "relation",
+        f"shows {_EXTENDED_SAMPLES}",
+        {
+            "pg_stats_ext": "SELECT * FROM pg_stats_ext",
+            "pg_stats_ext_exprs": "SELECT * FROM pg_stats_ext_exprs",
+        },
+    ),
+    Refusal(
+        "relation",
+        "pg_subscription",
+        "holds subscriptions' connection strings (subconninfo), passwords included",
+        "SELECT subname, subconninfo FROM pg_subscription",
+    ),
+    Refusal(
+        "relation",
+        "pg_largeobject",
+        "holds large objects' data, outside table privileges",
+        "SELECT loid, data FROM pg_largeobject",
+    ),
+    # Settings whose values hold secrets or name the server's files and commands. Built-in
+    # settings are listed by name (primary_slot_name, password_encryption and
+    # dynamic_library_path hold no secret); extensions' settings go by what their names say.
+    Refusal(
+        "setting",
+        "primary_conninfo",
+        "holds the standby's connection string, replication password included",
+        "SHOW primary_conninfo",
+    ),
+    *_entries(
+        "setting",
+        _COMMAND,
+        {
+            "archive_command": "SHOW archive_command",
+            "restore_command": "SHOW restore_command",
+            "archive_cleanup_command": "SHOW archive_cleanup_command",
+            "recovery_end_command": "SHOW recovery_end_command",
+        },
+    ),
+    Refusal(
+        "setting",
+        "archive_library",
+        "names the library that archives WAL, whose configuration may hold credentials",
+        "SHOW archive_library",
+    ),
+    Refusal(
+        "setting",
+        "ssl_passphrase_command",
+        "is the command that unlocks the server's TLS key",
+        "SHOW ssl_passphrase_command",
+    ),
+    Refusal("setting", "ssl_key_file", "names the server's TLS private key", "SHOW ssl_key_file"),
+    Refusal(
+        "setting",
+        "krb_server_keyfile",
+        "names the server's Kerberos key",
+        "SHOW krb_server_keyfile",
+    ),
+    *_entries(
+        "setting",
+        _SERVER_FILE,
+        {
+            "ssl_cert_file": "SHOW ssl_cert_file",
+            "ssl_ca_file": "SHOW ssl_ca_file",
+            "ssl_crl_file": "SHOW ssl_crl_file",
+            "ssl_crl_dir": "SHOW ssl_crl_dir",
+            "ssl_dh_params_file": "SHOW ssl_dh_params_file",
+            "data_directory": "SHOW data_directory",
+            "config_file": "SHOW config_file",
+            "hba_file": "SHOW hba_file",
+            "ident_file": "SHOW ident_file",
+            "external_pid_file": "SHOW external_pid_file",
+            "log_directory": "SHOW log_directory",
+            "unix_socket_directories": "SHOW unix_socket_directories",
+            "promote_trigger_file": "SHOW promote_trigger_file",
+        },
+    ),
+    *(
+        Refusal("setting_substring", part, f'{_TELLING_NAME} "{part}"', example)
+        for part, example in {
+            "password": "SELECT current_setting('myext.password', true)",
+            "passphrase": "SELECT current_setting('myext.key_passphrase', true)",
+            "secret": "SELECT current_setting('app.settings.jwt_secret', true)",
+            "conninfo": "SELECT current_setting('citus.node_conninfo', true)",
+            "key": "SELECT current_setting('myext.api_key', true)",
+            "token": "SELECT current_setting('myext.token', true)",
+        }.items()
+    ),
+)
 
-REFUSED_FUNCTIONS: frozenset[str] = frozenset(_REFUSED)
 
+def _lookup(kind: RefusalKind) -> dict[str, str]:
+    """The reasons of the table's entries of one kind, by name."""
+    return {entry.name: entry.reason for entry in REFUSALS if entry.kind == kind}
+
+
+_FUNCTION_REASONS = _lookup("function")
+REFUSED_FUNCTIONS: frozenset[str] = frozenset(_FUNCTION_REASONS)
 # Families refused by name prefix, for call syntax ``f(...)``.
-REFUSED_FUNCTION_PREFIXES: dict[str, str] = {
-    "pg_ls_": _DIRECTORIES,
-    "pg_file_": "accesses files on the database server",
-    "lo_": _LARGE_OBJECTS,
-    "dblink_": _REMOTE,
-}
+REFUSED_FUNCTION_PREFIXES: dict[str, str] = _lookup("function_prefix")
+REFUSED_RELATIONS: dict[str, str] = _lookup("relation")
+REFUSED_SETTINGS: dict[str, str] = _lookup("setting")
+_SETTING_SUBSTRINGS = _lookup("setting_substring")
+
+# current_setting() reads the setting named by its first argument.
+_CURRENT_SETTING = "current_setting"
 
 _READ_ONLY_HINT = "query only reads (use execute, which needs --allow-writes)"
 
@@ -159,12 +620,34 @@ class Refused(RoutingError):
 def refused_function_reason(name: str) -> str | None:
     """Why calling ``name`` (any case, possibly schema-qualified) is refused, or None."""
     unqualified = name.rpartition(".")[2].lower()
-    reason = _REFUSED.get(unqualified)
+    reason = _FUNCTION_REASONS.get(unqualified)
     if reason is not None:
         return reason
     for prefix, family_reason in REFUSED_FUNCTION_PREFIXES.items():
         if unqualified.startswith(prefix):
             return family_reason
+    return None
+
+
+def refused_relation_reason(name: str) -> str | None:
+    """Why referring to relation ``name`` (any case, possibly schema-qualified) is refused."""
+    return REFUSED_RELATIONS.get(name.rpartition(".")[2].lower())
+
+
+def refused_setting_reason(name: str) -> str | None:
+    """Why reading setting ``name`` (any case, as SHOW or current_setting() takes it) is refused.
+
+    PostgreSQL compares setting names case-insensitively; it does not trim spaces, but a name
+    with spaces is refused as its trimmed self all the same (it would only fail anyway).
+    """
+    key = name.strip().lower()
+    reason = REFUSED_SETTINGS.get(key)
+    if reason is not None or "." not in key:
+        # Every built-in setting is listed by name; only extensions' names have a dot.
+        return reason
+    for part, part_reason in _SETTING_SUBSTRINGS.items():
+        if part in key:
+            return part_reason
     return None
 
 
@@ -182,16 +665,17 @@ def check_read(sql: str, *, has_params: bool = False) -> Classification:
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def _check_read_cached(sql: str, has_params: bool) -> Classification:
+    """:func:`_check_read`, remembered for statements that pass."""
     return _check_read(sql, has_params)
 
 
 def _check_read(sql: str, has_params: bool) -> Classification:
+    """:func:`check_read` without the cache."""
     classification, stmt = _one_statement(sql, has_params)
-    attributes = _attribute_names(stmt)
-    _check_functions(classification, attributes)
+    names = _check_refusals(classification, stmt)
     if isinstance(stmt, ast.CopyStmt):
         raise Refused("refused: COPY is not supported through query; use SELECT")
-    reason = _write_reason(classification, attributes)
+    reason = _write_reason(classification, names.attributes)
     if reason is not None:
         raise Refused(f"refused: {reason}; {_READ_ONLY_HINT}")
     return classification
@@ -200,7 +684,7 @@ def _check_read(sql: str, has_params: bool) -> Classification:
 def check_write(sql: str, *, has_params: bool = False) -> Classification:
     """``sql``'s classification if it is one statement allowed to write; else :class:`Refused`."""
     classification, stmt = _one_statement(sql, has_params)
-    _check_functions(classification, _attribute_names(stmt))
+    _check_refusals(classification, stmt)
     if isinstance(stmt, ast.CopyStmt):
         raise Refused(
             "refused: COPY is not supported (it needs a server file, a program or a client "
@@ -221,22 +705,23 @@ def check_explain(
 ) -> Kind:
     """How ``EXPLAIN [ANALYZE] sql`` may run: ``"read"`` or ``"write"``; else :class:`Refused`.
 
-    ``sql`` must be one statement of a kind EXPLAIN accepts, not itself an EXPLAIN, calling no
-    refused function. Without ``analyze`` it is only planned, which reads whatever it is.
+    ``sql`` must be one statement of a kind EXPLAIN accepts, not itself an EXPLAIN, using no
+    refused name. Without ``analyze`` it is only planned, which reads whatever it is.
     With ``analyze`` it runs: a statement that writes is refused unless ``allow_writes``, and
     then ``"write"`` means it must run on the primary in a transaction that is rolled back.
+    Refused relations are refused even without ``analyze``: row counts and timings of
+    ``EXPLAIN ANALYZE`` would leak them, and refusing the plan too is simpler and harmless.
     """
     classification, stmt = _one_statement(sql, has_params)
     if isinstance(stmt, ast.ExplainStmt):
         raise Refused("refused: the statement is already an EXPLAIN; pass the statement itself")
-    attributes = _attribute_names(stmt)
-    _check_functions(classification, attributes)
+    names = _check_refusals(classification, stmt)
     if not isinstance(stmt, _EXPLAINABLE):
         raise Refused(
             "refused: EXPLAIN takes only SELECT, VALUES, TABLE, INSERT, UPDATE, DELETE, MERGE "
             f"or CREATE TABLE AS ({classification.reason})"
         )
-    reason = _write_reason(classification, attributes) if analyze else None
+    reason = _write_reason(classification, names.attributes) if analyze else None
     if reason is None:
         return "read"
     if not allow_writes:
@@ -268,15 +753,58 @@ def _one_statement(sql: str, has_params: bool) -> tuple[Classification, ast.Node
     return classification, stmt
 
 
-def _check_functions(classification: Classification, attributes: list[str]) -> None:
-    for name in sorted(classification.functions):
+def _check_refusals(classification: Classification, stmt: ast.Node) -> _Names:
+    """Refuse what :data:`REFUSALS` names anywhere in ``stmt``, ``SHOW ALL`` and ``ALTER SYSTEM``.
+
+    Returns what the walk of the tree found, for the caller's further checks.
+    """
+    names = _collect_names(stmt)
+    _check_functions(classification, names)
+    for relation in names.relations:
+        reason = REFUSED_RELATIONS.get(relation)
+        if reason is not None:
+            raise Refused(f"refused: {relation} {reason}")
+    for setting in names.settings:
+        _check_setting(setting)
+    if isinstance(stmt, ast.VariableShowStmt) and (stmt.name or "").lower() == "all":
+        raise Refused(
+            "refused: SHOW ALL shows every setting, secrets included; use SHOW name for one setting"
+        )
+    if isinstance(stmt, ast.AlterSystemStmt):
+        raise Refused(
+            "refused: ALTER SYSTEM changes the server's configuration (primary_conninfo, "
+            "archive_command...), which is the operator's job"
+        )
+    return names
+
+
+def _check_functions(classification: Classification, names: _Names) -> None:
+    """Refuse calls of refused functions, in call or attribute notation."""
+    # The walk's calls first, outermost and leftmost first, so that the message names the
+    # function the statement is about; then classify's, which saw the same calls.
+    for name in (*names.calls, *sorted(classification.functions)):
         reason = refused_function_reason(name)
         if reason is not None:
             raise Refused(f"refused: {name.rpartition('.')[2]}() {reason}")
-    for attribute in attributes:
-        reason = _REFUSED.get(attribute)
+    for attribute in names.attributes:
+        # Exact names only (not the prefix families): ordinary columns are called lo_something.
+        reason = _FUNCTION_REASONS.get(attribute)
+        if reason is None and attribute == _CURRENT_SETTING:
+            reason = "reads a setting that cannot be checked"
         if reason is not None:
             raise Refused(f"refused: {_attribute_call(attribute)}, which {reason}")
+
+
+def _check_setting(setting: str | None) -> None:
+    """Refuse reading ``setting`` (None: a name computed at run time) by SHOW/current_setting."""
+    if setting is None:
+        raise Refused(
+            "refused: current_setting() of anything but a string constant reads a setting that "
+            "cannot be checked; name the setting in a string"
+        )
+    reason = refused_setting_reason(setting)
+    if reason is not None:
+        raise Refused(f"refused: the setting {setting.strip()} {reason}")
 
 
 def _write_reason(classification: Classification, attributes: list[str]) -> str | None:
@@ -291,46 +819,147 @@ def _write_reason(classification: Classification, attributes: list[str]) -> str 
 
 
 def _attribute_call(name: str) -> str:
+    """How a message describes a call in attribute notation."""
     # PostgreSQL reads ``x.f`` and ``(x).f`` as ``f(x)`` when x has no column f, for any
     # one-argument function: ``SELECT x.pg_read_file FROM CAST('/etc/passwd' AS text) x``
     # reads the file, yet the parse tree holds no function call, so classify() misses it.
     return f".{name} calls {name}() in attribute notation (x.{name} means {name}(x))"
 
 
-def _attribute_names(top: ast.Node) -> list[str]:
-    """Lower-case names after a dot in column references: ``b`` in ``a.b`` and ``(a).b``."""
-    names: list[str] = []
+@dataclass(slots=True)
+class _Names:
+    """What matters to the refusals in one statement's parse tree, lower case, in source order."""
+
+    # Unqualified names of the functions called (outer calls before their arguments).
+    calls: list[str] = field(default_factory=list)
+    # Names after a dot in column references: ``b`` in ``a.b`` and ``(a).b``.
+    attributes: list[str] = field(default_factory=list)
+    # Unqualified names of the relations referred to (RangeVar: FROM, JOIN, TABLE, targets).
+    relations: list[str] = field(default_factory=list)
+    # Settings read by SHOW or current_setting(); None where current_setting()'s argument is
+    # not a string constant.
+    settings: list[str | None] = field(default_factory=list)
+
+
+def _collect_names(top: ast.Node) -> _Names:
+    """One walk of the tree under ``top``: the calls, attributes, relations and settings."""
+    names = _Names()
+    node_slots = _NODE_SLOTS
     # An explicit stack, not recursion: SQL can nest deeper than Python's recursion limit.
+    # Any: items are nodes, tuples or scalars, told apart by their exact class.
     stack: list[Any] = [top]
+    pop = stack.pop
+    push = stack.append
     while stack:
-        item = stack.pop()
-        if isinstance(item, tuple):
-            stack.extend(item)
+        item = pop()
+        cls = type(item)
+        if cls is tuple:
+            stack.extend(reversed(item))
             continue
-        if not isinstance(item, ast.Node):
-            continue
-        if isinstance(item, ast.ColumnRef):
-            fields = item.fields or ()
-            names.extend(_name(part) for part in fields[1:] if isinstance(part, ast.String))
-            continue
-        if isinstance(item, ast.A_Indirection):
-            parts = item.indirection or ()
-            names.extend(_name(part) for part in parts if isinstance(part, ast.String))
-        # pglast nodes list their attributes in __slots__.
-        stack.extend(getattr(item, name) for name in getattr(type(item), "__slots__", ()))
+        slots = node_slots.get(cls)
+        if slots is None:
+            slots = _node_slots(cls)
+            if slots is None:
+                continue  # a scalar inside a tuple, such as a Bitmapset member
+        if cls is ast.ColumnRef:
+            names.attributes.extend(_attribute_parts((item.fields or ())[1:]))
+        elif cls is ast.RangeVar:
+            names.relations.append((item.relname or "").lower())
+        elif cls is ast.FuncCall:
+            _note_call(item, names)
+        elif cls is ast.A_Indirection:
+            names.attributes.extend(_attribute_parts(item.indirection or ()))
+        elif cls is ast.VariableShowStmt:
+            names.settings.append((item.name or "").lower())
+        for name in reversed(slots):
+            value = getattr(item, name)
+            if value is not None:
+                push(value)
     return names
 
 
+def _attribute_parts(parts: tuple[Any, ...]) -> list[str]:
+    """The lower-case names among the parts of a column reference or indirection."""
+    return [_name(part) for part in parts if isinstance(part, ast.String)]
+
+
+def _note_call(call: ast.FuncCall, names: _Names) -> None:
+    """Note a call's name and, for current_setting(), the setting it reads."""
+    parts = call.funcname or ()
+    if not parts or not isinstance(parts[-1], ast.String):  # pragma: no cover - always named
+        return
+    name = _name(parts[-1])
+    names.calls.append(name)
+    if name == _CURRENT_SETTING:
+        names.settings.append(_constant_string(call.args[0] if call.args else None))
+
+
+def _constant_string(node: object) -> str | None:
+    """The value of a string constant, possibly cast (``'x'::text``); None for anything else."""
+    while isinstance(node, ast.TypeCast):
+        node = node.arg
+    if isinstance(node, ast.A_Const) and not node.isnull and isinstance(node.val, ast.String):
+        return (node.val.sval or "").lower()
+    return None
+
+
+# Per node class, the attributes that may hold nodes or tuples of nodes; filled as met.
+# Constants, names and the nodes handled whole above have none worth visiting.
+_NODE_SLOTS: dict[type, tuple[str, ...]] = dict.fromkeys(
+    (
+        ast.A_Const,
+        ast.String,
+        ast.Integer,
+        ast.Float,
+        ast.Boolean,
+        ast.BitString,
+        ast.A_Star,
+        ast.ParamRef,
+        ast.ColumnRef,
+        ast.RangeVar,
+    ),
+    (),
+)
+
+
+def _node_slots(cls: type) -> tuple[str, ...] | None:
+    """The attributes of a pglast node class that may hold nodes; None if not a node class."""
+    if not (isinstance(cls, type) and issubclass(cls, ast.Node)):
+        return None
+    slots = getattr(cls, "__slots__", ())
+    found = []
+    for slot in slots:
+        py_type = getattr(slots[slot], "py_type", None) if isinstance(slots, dict) else None
+        candidates = py_type if isinstance(py_type, tuple) else (py_type,)
+        # Unknown slot metadata: keep the attribute, the walk checks values anyway.
+        if py_type is None or any(
+            candidate in (tuple, list)
+            or (isinstance(candidate, type) and issubclass(candidate, ast.Node))
+            for candidate in candidates
+        ):
+            found.append(slot)
+    _NODE_SLOTS[cls] = result = tuple(found)
+    return result
+
+
 def _name(part: ast.String) -> str:
+    """A name part of the parse tree, lower case."""
     return (part.sval or "").lower()
 
 
 __all__ = [
+    "REFUSALS",
     "REFUSED_FUNCTIONS",
     "REFUSED_FUNCTION_PREFIXES",
+    "REFUSED_RELATIONS",
+    "REFUSED_SETTINGS",
+    "Refusal",
+    "RefusalKind",
     "Refused",
     "check_explain",
     "check_read",
     "check_write",
     "refused_function_reason",
+    "refused_relation_reason",
+    "refused_setting_reason",
 ]
