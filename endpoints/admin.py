@@ -15,7 +15,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from endpoints.charts import endpoint_history
-from endpoints.forms import EndpointForm, EndpointInlineFormSet
+from endpoints.forms import ClusterForm, EndpointForm, EndpointInlineFormSet
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, HealthCheck, Role, State
 from endpoints.probe import ProbeResult, check_endpoints
 
@@ -188,6 +188,7 @@ class ClusterAdmin(admin.ModelAdmin):
         "auto_failover",
     )
     search_fields = ("name", "description")
+    form = ClusterForm
     inlines = [EndpointInline]
     fieldsets = (
         (None, {"fields": ("name", "description")}),
@@ -232,6 +233,20 @@ class ClusterAdmin(admin.ModelAdmin):
             },
         ),
         ("Failover", {"fields": ("auto_failover", "max_failover_lag_bytes", "fence_writes")}),
+        (
+            "Assistant access (MCP server)",
+            {
+                "description": "The roles manage.py run_mcp connects as: least privilege, "
+                "never a superuser (it refuses one). The README's MCP section has the SQL "
+                "that creates them.",
+                "fields": (
+                    "assistant_user",
+                    "assistant_password",
+                    "assistant_write_user",
+                    "assistant_write_password",
+                ),
+            },
+        ),
         (
             "Alerts",
             {

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from endpoints.crypto import MASK, Secret
+from endpoints.crypto import MASK, Secret, decrypt
 
 APPLICATION_NAME = "pgwarden"
 
@@ -23,6 +23,12 @@ class ConnectionInfo:
     connect_timeout_s: int = 5
     statement_timeout_ms: int | None = None
     application_name: str = APPLICATION_NAME
+    # Settings the session starts with (the start-up packet's options), after the timeout.
+    settings: tuple[tuple[str, str], ...] = ()
+    # libpq's require_auth: the authentication methods the server may ask for. With
+    # "scram-sha-256" a server that asks for the password in clear (or md5) gets nothing:
+    # SCRAM never sends the password, and proves the server holds its verifier.
+    require_auth: str = ""
 
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``psycopg.connect`` (holds the plaintext: never log it)."""
@@ -39,9 +45,19 @@ class ConnectionInfo:
             kwargs["password"] = self.password.reveal()
         if self.sslrootcert:
             kwargs["sslrootcert"] = self.sslrootcert
-        if self.statement_timeout_ms:
-            kwargs["options"] = f"-c statement_timeout={int(self.statement_timeout_ms)}"
+        if self.require_auth:
+            kwargs["require_auth"] = self.require_auth
+        options = self._options()
+        if options:
+            kwargs["options"] = options
         return kwargs
+
+    def _options(self) -> str:
+        """libpq's ``options``: ``-c name=value`` each, spaces and backslashes escaped."""
+        settings = list(self.settings)
+        if self.statement_timeout_ms and not any(n == "statement_timeout" for n, _ in settings):
+            settings.insert(0, ("statement_timeout", str(int(self.statement_timeout_ms))))
+        return " ".join(f"-c {name}={_escape_option(value)}" for name, value in settings)
 
     def masked(self) -> str:
         """A URL for display: everything but the password."""
@@ -57,3 +73,21 @@ class ConnectionInfo:
         return f"ConnectionInfo({self.masked()})"
 
     __str__ = masked
+
+
+def _escape_option(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+@dataclass(frozen=True)
+class StoredRole:
+    """A database role's name and its encrypted password: what a purpose connects with."""
+
+    user: str
+    password_encrypted: str = field(default="", repr=False)
+
+    def password(self) -> Secret:
+        """The plaintext, masked; raises ``crypto.DecryptionError``."""
+        if not self.password_encrypted:
+            return Secret("")
+        return decrypt(self.password_encrypted)

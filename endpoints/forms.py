@@ -8,7 +8,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
 
-from endpoints.models import Endpoint, Role
+from endpoints.models import Cluster, Endpoint, Role
 
 
 class EndpointForm(forms.ModelForm):
@@ -71,6 +71,57 @@ class EndpointForm(forms.ModelForm):
             endpoint.save()
             self.save_m2m()
         return endpoint
+
+
+def _write_only_password(what: str) -> forms.CharField:
+    return forms.CharField(
+        label=f"{what} password",
+        required=False,
+        strip=False,
+        # render_value=False: the stored password is never sent back to the browser.
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only: leave blank to keep the stored password. Stored encrypted.",
+    )
+
+
+class ClusterForm(forms.ModelForm):
+    """The cluster, with write-only passwords for the MCP server's assistant roles."""
+
+    assistant_password = _write_only_password("Assistant role")
+    assistant_write_password = _write_only_password("Assistant write role")
+
+    class Meta:
+        model = Cluster
+        # The admin passes the fields of its fieldsets, which replace these.
+        fields = ("name", "assistant_user", "assistant_write_user")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for writes, field in ((False, "assistant_password"), (True, "assistant_write_password")):
+            role = self.instance.assistant_role(writes=writes)
+            if role is not None and role.password_encrypted:
+                self.fields[field].widget.attrs["placeholder"] = "(stored; blank keeps it)"
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
+        for writes, user_field, password_field in _ASSISTANT_FIELDS:
+            user, password = cleaned.get(user_field), cleaned.get(password_field)
+            if password and not user:
+                self.add_error(user_field, "Name the role this password belongs to.")
+            elif not user:
+                # No role, no password: cleared before the model validates the pair.
+                self.instance.set_assistant_password("", writes=writes)
+            elif password:
+                self.instance.set_assistant_password(password, writes=writes)
+        return cleaned
+
+
+# (writes, role field, password field) of the cluster's two assistant roles.
+_ASSISTANT_FIELDS = (
+    (False, "assistant_user", "assistant_password"),
+    (True, "assistant_write_user", "assistant_write_password"),
+)
 
 
 class EndpointInlineFormSet(BaseInlineFormSet):

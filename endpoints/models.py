@@ -7,6 +7,8 @@ database constraint, so nothing that bypasses forms can break it.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -17,7 +19,7 @@ from django.db.models import Q
 from django.utils.deconstruct import deconstructible
 
 from endpoints import crypto
-from endpoints.conninfo import ConnectionInfo
+from endpoints.conninfo import ConnectionInfo, StoredRole
 
 
 class ReadPreference(models.TextChoices):
@@ -90,6 +92,44 @@ def _all_positive(prefix: str, *fields: str) -> list[models.CheckConstraint]:
         models.CheckConstraint(condition=Q(**{f"{field}__gt": 0}), name=f"{prefix}_{field}_gt_0")
         for field in fields
     ]
+
+
+# A host name (RFC 1123 labels; underscores too, as container names have them) or an IP
+# address. No Unix-socket paths (libpq reads a host starting with "/" as a socket
+# directory) and no comma lists (libpq tries each host in turn): one endpoint, one server.
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def validate_host(value: str) -> None:
+    """A single host name or IP address; anything libpq would read differently is refused."""
+    text = value if isinstance(value, str) else ""
+    if text != text.strip() or not text:
+        raise ValidationError("Give a host name or an IP address, without spaces.", code="host")
+    try:
+        ipaddress.ip_address(text)
+        return
+    except ValueError:
+        pass
+    if "/" in text or "," in text:
+        raise ValidationError(
+            "Give one host name or IP address: no Unix-socket path (a host starting with /) "
+            "and no comma-separated list.",
+            code="host",
+        )
+    name = text[:-1] if text.endswith(".") else text
+    labels = name.split(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValidationError(
+            f"{text!r} is neither a host name (letters, digits, hyphens, dots) nor an IP address.",
+            code="host",
+        )
+
+
+_ROLE_NAME_HELP = (
+    "Blank: none. PostgreSQL role the MCP server's {what} connect as, instead of the "
+    "operations role of the endpoints above. {rights} See the README's MCP section for the "
+    "SQL that creates it."
+)
 
 
 class Cluster(models.Model):
@@ -264,6 +304,31 @@ class Cluster(models.Model):
         validators=[MaxValueValidator(100)],
         help_text="Alert when the endpoints' average health score falls below this.",
     )
+    assistant_user = models.CharField(
+        "assistant role",
+        max_length=63,
+        blank=True,
+        help_text=_ROLE_NAME_HELP.format(
+            what="read tools (query, explain, schemas, tables)",
+            rights="Least privilege: pg_read_all_data, never a superuser, never a member of "
+            "pg_read_all_settings or pg_monitor.",
+        ),
+    )
+    assistant_password_encrypted = models.TextField(
+        "assistant password (encrypted)", blank=True, editable=False
+    )
+    assistant_write_user = models.CharField(
+        "assistant write role",
+        max_length=63,
+        blank=True,
+        help_text=_ROLE_NAME_HELP.format(
+            what="write tools (execute, transaction; run_mcp --allow-writes)",
+            rights="Never a superuser: with pg_write_all_data it changes any table's rows.",
+        ),
+    )
+    assistant_write_password_encrypted = models.TextField(
+        "assistant write password (encrypted)", blank=True, editable=False
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
     updated_at = models.DateTimeField("updated", auto_now=True)
 
@@ -303,6 +368,24 @@ class Cluster(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    # Assistant credentials
+
+    def assistant_role(self, *, writes: bool = False) -> StoredRole | None:
+        """The role the MCP server's read (or, ``writes``, write) tools use; None if unset."""
+        if writes:
+            user, token = self.assistant_write_user, self.assistant_write_password_encrypted
+        else:
+            user, token = self.assistant_user, self.assistant_password_encrypted
+        return StoredRole(user, token) if user else None
+
+    def set_assistant_password(self, plaintext: str, *, writes: bool = False) -> None:
+        """Store ``plaintext`` encrypted; an empty string removes the password."""
+        token = crypto.encrypt(plaintext) if plaintext else ""
+        if writes:
+            self.assistant_write_password_encrypted = token
+        else:
+            self.assistant_password_encrypted = token
+
     def clean(self) -> None:
         errors: dict[str, str] = {}
         if (
@@ -311,6 +394,10 @@ class Cluster(models.Model):
             and self.retry_max_delay_ms < self.retry_initial_delay_ms
         ):
             errors["retry_max_delay_ms"] = "The max delay must be at least the initial delay."
+        if self.assistant_password_encrypted and not self.assistant_user:
+            errors["assistant_user"] = "A password is stored: name the role it belongs to."
+        if self.assistant_write_password_encrypted and not self.assistant_write_user:
+            errors["assistant_write_user"] = "A password is stored: name the role it belongs to."
         if errors:
             raise ValidationError(errors)
 
@@ -328,7 +415,10 @@ class Endpoint(models.Model):
         help_text="Unique within the cluster, e.g. pg1 or eu-west-replica.",
     )
     host = models.CharField(
-        "host", max_length=255, help_text="Host name or IP address the server listens on."
+        "host",
+        max_length=255,
+        validators=[validate_host],
+        help_text="Host name or IP address the server listens on (one; no socket paths).",
     )
     port = models.PositiveIntegerField(
         "port",
@@ -459,6 +549,21 @@ class Endpoint(models.Model):
         "or a primary in recovery); never routed to as that role.",
     )
     fenced_reason = models.TextField("why fenced", blank=True, editable=False)
+    # Seen from the primary's side (pg_stat_replication), by sweeps in which it answered.
+    upstream = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        editable=False,
+        verbose_name="streams from",
+        help_text="The primary this replica was last seen streaming from (its walsender, "
+        "with application_name = this endpoint's name); only such a replica is promoted.",
+    )
+    upstream_observed_at = models.DateTimeField(
+        "stream last observed", null=True, blank=True, editable=False
+    )
 
     created_at = models.DateTimeField("created", auto_now_add=True)
     updated_at = models.DateTimeField("updated", auto_now=True)
@@ -523,8 +628,14 @@ class Endpoint(models.Model):
             return crypto.Secret("")
         return crypto.decrypt(self.password_encrypted)
 
-    def connection_info(self, *, connect_timeout_s: float | None = None) -> ConnectionInfo:
-        """Everything needed to connect, the password wrapped in a masked ``Secret``."""
+    def connection_info(
+        self, *, connect_timeout_s: float | None = None, with_password: bool = True
+    ) -> ConnectionInfo:
+        """Everything needed to connect, the password wrapped in a masked ``Secret``.
+
+        ``with_password=False`` leaves it out (nothing is decrypted): where to connect, for
+        a purpose that brings its own role.
+        """
         cluster = self.cluster
         timeout = connect_timeout_s if connect_timeout_s is not None else cluster.connect_timeout_s
         return ConnectionInfo(
@@ -532,7 +643,7 @@ class Endpoint(models.Model):
             port=self.port,
             dbname=self.dbname,
             user=self.user,
-            password=self.get_password(),
+            password=self.get_password() if with_password else crypto.Secret(""),
             sslmode=self.sslmode,
             sslrootcert=self.sslrootcert,
             # libpq takes whole seconds, and treats values below 2 as 2.

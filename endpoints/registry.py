@@ -18,6 +18,7 @@ from functools import partial
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import transaction
 
+from endpoints.conninfo import StoredRole
 from endpoints.crypto import DecryptionError, Secret
 from endpoints.models import Cluster, Endpoint, Role
 
@@ -43,6 +44,17 @@ class EndpointSpec:
     sslmode: str | None = None
     sslrootcert: str | None = None
     zone: str | None = None
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """An assistant role of the cluster: its name, and its password (None keeps the stored one).
+
+    ``RoleSpec("")`` removes the role (and its password) from the registry.
+    """
+
+    user: str
+    password: Secret | None = None
 
 
 @dataclass
@@ -82,13 +94,19 @@ class Registration:
 
 @transaction.atomic
 def register_cluster(
-    name: str, endpoints: Sequence[EndpointSpec], *, description: str | None = None
+    name: str,
+    endpoints: Sequence[EndpointSpec],
+    *,
+    description: str | None = None,
+    assistant: RoleSpec | None = None,
+    assistant_write: RoleSpec | None = None,
 ) -> Registration:
     """Create or update cluster ``name`` and its endpoints; never duplicates.
 
-    Endpoints not named are left alone. Raises ``ValidationError`` whose keys name
-    the cluster or endpoint and the field (``"endpoint 'pg2' port"``) when anything
-    is invalid; nothing is written then.
+    Endpoints not named are left alone. ``assistant`` and ``assistant_write`` name the
+    roles of the MCP server's read and write tools (None leaves them as stored). Raises
+    ``ValidationError`` whose keys name the cluster or endpoint and the field
+    (``"endpoint 'pg2' port"``) when anything is invalid; nothing is written then.
     """
     specs = list(endpoints)
     errors: dict[str, list[str]] = {}
@@ -110,6 +128,9 @@ def register_cluster(
             endpoint.name: endpoint
             for endpoint in Endpoint.objects.select_for_update().filter(cluster=cluster)
         }
+    for role_spec, writes in ((assistant, False), (assistant_write, True)):
+        if role_spec is not None:
+            registration.cluster_changes.extend(_apply_role(cluster, role_spec, writes=writes))
     if registration.cluster_created or registration.cluster_changes:
         _collect(errors, f"cluster {name!r}", cluster.full_clean)
 
@@ -151,6 +172,9 @@ def register_cluster(
         cluster.save()
     elif registration.cluster_changes:
         cluster.save(update_fields=[*registration.cluster_changes, "updated_at"])
+        registration.cluster_changes = [
+            _SHOWN_AS.get(change, change) for change in registration.cluster_changes
+        ]
     for endpoint, changes in to_save:
         if endpoint.pk is None:
             endpoint.cluster = cluster  # now saved: sets cluster_id
@@ -198,6 +222,42 @@ def _apply(endpoint: Endpoint, spec: EndpointSpec) -> list[str]:
         endpoint.set_password(spec.password.reveal())
         changes.append("password")
     return ["new"] if new else changes
+
+
+# Cluster fields as the summary names them (never their values).
+_SHOWN_AS = {
+    "assistant_user": "assistant role",
+    "assistant_password_encrypted": "assistant password",
+    "assistant_write_user": "assistant write role",
+    "assistant_write_password_encrypted": "assistant write password",
+}
+
+
+def _apply_role(cluster: Cluster, spec: RoleSpec, *, writes: bool) -> list[str]:
+    """Copy ``spec`` onto ``cluster``; the names of the fields that changed."""
+    user_field = "assistant_write_user" if writes else "assistant_user"
+    token_field = f"{user_field.removesuffix('_user')}_password_encrypted"
+    changes: list[str] = []
+    if getattr(cluster, user_field) != spec.user:
+        setattr(cluster, user_field, spec.user)
+        changes.append(user_field)
+    if not spec.user:  # no role: no password either
+        if getattr(cluster, token_field):
+            setattr(cluster, token_field, "")
+            changes.append(token_field)
+        return changes
+    stored = StoredRole(spec.user, getattr(cluster, token_field))
+    if spec.password is not None and _stored_role_password(stored) != spec.password:
+        cluster.set_assistant_password(spec.password.reveal(), writes=writes)
+        changes.append(token_field)
+    return changes
+
+
+def _stored_role_password(role: StoredRole) -> Secret | None:
+    try:
+        return role.password()
+    except DecryptionError:
+        return None  # encrypted with a key since removed: registering repairs it
 
 
 def _stored_password(endpoint: Endpoint) -> Secret | None:

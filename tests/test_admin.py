@@ -181,6 +181,70 @@ def test_cluster_change_page_with_its_inline_never_shows_the_password(
         assert endpoint.password_encrypted not in content
 
 
+# The cluster's assistant roles: write-only passwords
+
+
+def test_cluster_page_never_shows_the_assistant_passwords(
+    admin_client: Client, local_cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    response = admin_client.get(change_url(local_cluster))
+
+    content = response.content.decode()
+    assert "Assistant access (MCP server)" in content
+    assert 'value="pgwarden_assistant"' in content  # the role's name is shown
+    for secret in (pg_cluster.assistant_password, pg_cluster.assistant_write_password):
+        assert secret not in content
+    for token in (
+        local_cluster.assistant_password_encrypted,
+        local_cluster.assistant_write_password_encrypted,
+    ):
+        assert token
+        assert token not in content
+    assert "(stored; blank keeps it)" in content
+
+
+def test_cluster_page_keeps_replaces_and_clears_the_assistant_passwords(
+    admin_client: Client, local_cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    data = page_data(admin_client.get(change_url(local_cluster)))
+    assert data["assistant_password"] == ""
+
+    kept = admin_client.post(change_url(local_cluster), data)
+    assert kept.status_code == 302
+    role = Cluster.objects.get(pk=local_cluster.pk).assistant_role()
+    assert role is not None
+    assert role.password().reveal() == pg_cluster.assistant_password
+
+    replaced = admin_client.post(
+        change_url(local_cluster), {**data, "assistant_write_password": "new-writer-Qx12"}
+    )
+    assert replaced.status_code == 302
+    writer = Cluster.objects.get(pk=local_cluster.pk).assistant_role(writes=True)
+    assert writer is not None
+    assert writer.password().reveal() == "new-writer-Qx12"
+
+    cleared = admin_client.post(change_url(local_cluster), {**data, "assistant_user": ""})
+    assert cleared.status_code == 302
+    stored = Cluster.objects.get(pk=local_cluster.pk)
+    assert stored.assistant_role() is None
+    assert stored.assistant_password_encrypted == ""
+
+
+def test_an_assistant_password_without_a_role_is_a_field_error(
+    admin_client: Client, local_cluster: Cluster
+) -> None:
+    data = page_data(admin_client.get(change_url(local_cluster)))
+
+    response = admin_client.post(
+        change_url(local_cluster),
+        {**data, "assistant_user": "", "assistant_password": "orphan-Pw77"},
+    )
+
+    assert response.status_code == 200
+    assert "assistant_user" in response.context["adminform"].form.errors
+    assert "orphan-Pw77" not in response.content.decode()
+
+
 # Adding: invalid data saves nothing
 
 

@@ -138,6 +138,31 @@ def test_rotate_encryption_keys_re_encrypts_with_the_newest_key(db: None) -> Non
         assert Endpoint.objects.get(pk=with_password.pk).get_password().reveal() == PASSWORD
 
 
+def test_rotate_encryption_keys_re_encrypts_the_assistant_roles_passwords_too(db: None) -> None:
+    with override_settings(PGWARDEN_ENCRYPTION_KEYS=[OLD_KEY]):
+        cluster = Cluster(name="rotation", assistant_user="reader", assistant_write_user="writer")
+        cluster.set_assistant_password("reader-password")
+        cluster.set_assistant_password("writer-password", writes=True)
+        cluster.save()
+    before = (cluster.assistant_password_encrypted, cluster.assistant_write_password_encrypted)
+
+    out = io.StringIO()
+    with override_settings(PGWARDEN_ENCRYPTION_KEYS=[NEW_KEY, OLD_KEY]):
+        call_command("rotate_encryption_keys", stdout=out)
+
+    assert "re-encrypted 2 password(s)" in out.getvalue()
+    stored = Cluster.objects.get(pk=cluster.pk)
+    after = (stored.assistant_password_encrypted, stored.assistant_write_password_encrypted)
+    assert all(new != old for new, old in zip(after, before, strict=True))
+    with override_settings(PGWARDEN_ENCRYPTION_KEYS=[NEW_KEY]):
+        reader = stored.assistant_role()
+        writer = stored.assistant_role(writes=True)
+        assert reader is not None
+        assert writer is not None
+        assert reader.password().reveal() == "reader-password"
+        assert writer.password().reveal() == "writer-password"
+
+
 def test_rotate_encryption_keys_changes_nothing_if_one_password_is_undecryptable(
     db: None,
 ) -> None:
@@ -243,3 +268,34 @@ def test_short_strings_are_not_scrubbed() -> None:
 
     assert crypto.redact("pw is short") == "pw is short"
     assert crypto.redact(f"x {PASSWORD} y", PASSWORD) == f"x {crypto.MASK} y"
+
+
+# Text others may see
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("host=db1 password=s3cret-value user=u", "host=db1 password=******** user=u"),
+        ("password = 'it''s a secret' host=db1", "password = ******** host=db1"),
+        ("password='with \\' quote' port=5", "password=******** port=5"),
+        ("PGPASSWORD=abc123 psql", "PGPASSWORD=******** psql"),
+        ("postgresql://app:s3cret@db1:5432/app", "postgresql://app:********@db1:5432/app"),
+        ("redis://:token-value@cache:6379/0", "redis://:********@cache:6379/0"),
+    ],
+)
+def test_redact_masks_passwords_in_connection_strings(text: str, masked: str) -> None:
+    assert crypto.redact(text) == masked
+    assert crypto.mask_conninfo(text) == masked
+
+
+def test_redact_does_not_search_for_every_password_the_process_knows() -> None:
+    """A search would be an oracle: PostgreSQL echoes input back, right guesses masked."""
+    Secret(PASSWORD)  # decrypted, so known to the process
+    right = crypto.redact(f'invalid input syntax for type integer: "{PASSWORD}"')
+    wrong = crypto.redact('invalid input syntax for type integer: "wrong-guess-1234"')
+
+    assert right.replace(PASSWORD, "GUESS") == wrong.replace("wrong-guess-1234", "GUESS")
+    assert crypto.MASK not in right
+    # The log filter, for operators only, still scrubs what the process knows.
+    assert crypto.redact_known(f"x {PASSWORD} y") == f"x {crypto.MASK} y"

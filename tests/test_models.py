@@ -8,7 +8,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from endpoints.models import Cluster, Endpoint, Role, SslMode
+from endpoints.models import Cluster, Endpoint, Role, SslMode, validate_host
 
 pytestmark = pytest.mark.django_db
 
@@ -267,3 +267,31 @@ def test_masked_dsn_shows_everything_but_the_password(primary: Endpoint) -> None
     assert dsn == "postgresql://postgres:********@10.0.0.1:5432/postgres?sslmode=prefer"
     primary.set_password("")
     assert primary.masked_dsn() == "postgresql://postgres@10.0.0.1:5432/postgres?sslmode=prefer"
+
+
+@pytest.mark.parametrize(
+    "host", ["db1", "db1.internal", "db_1.example.com.", "10.0.0.1", "::1", "fd00::2", "localhost"]
+)
+def test_a_host_is_one_name_or_address(host: str) -> None:
+    validate_host(host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",
+        " db1",
+        "/var/run/postgresql",  # libpq reads a leading / as a Unix-socket directory
+        "@/tmp",
+        "db1,db2",  # libpq tries each host of a list
+        "db1 db2",
+        "host=evil",
+        "[::1]",
+        "-db1",
+        "a..b",
+        "x" * 64 + ".example.com",
+    ],
+)
+def test_anything_libpq_would_read_as_more_than_one_host_is_refused(host: str) -> None:
+    with pytest.raises(ValidationError):
+        validate_host(host)

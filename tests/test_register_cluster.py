@@ -322,3 +322,83 @@ def test_errors_reach_the_operator_from_the_command_line(
         "No such file or directory"
     )
     assert not Cluster.objects.exists()
+
+
+# The MCP server's roles
+
+
+def test_assistant_roles_are_registered_from_files_and_connect_then_second_run_is_unchanged(
+    pg_cluster: LocalPostgresCluster, child_env: dict[str, str], tmp_path: Path
+) -> None:
+    files = {}
+    for name, secret in (
+        ("reader", pg_cluster.assistant_password),
+        ("writer", pg_cluster.assistant_write_password),
+    ):
+        files[name] = tmp_path / name
+        files[name].write_text(secret + "\n")
+    args = [
+        *_common_args(pg_cluster),
+        "--assistant-user",
+        pg_cluster.assistant_user,
+        "--assistant-password-file",
+        str(files["reader"]),
+        "--assistant-write-user",
+        pg_cluster.assistant_write_user,
+        "--assistant-write-password-file",
+        str(files["writer"]),
+    ]
+
+    first = run_manage("register_cluster", *args, env=child_env)
+
+    assert first.returncode == 0, first.stderr
+    for secret in (pg_cluster.assistant_password, pg_cluster.assistant_write_password):
+        assert secret not in first.stdout + first.stderr
+    cluster = Cluster.objects.get(name="fleet")
+    reader, writer = cluster.assistant_role(), cluster.assistant_role(writes=True)
+    assert reader is not None
+    assert writer is not None
+    assert (reader.user, writer.user) == (
+        pg_cluster.assistant_user,
+        pg_cluster.assistant_write_user,
+    )
+    assert pg_cluster.assistant_password not in reader.password_encrypted
+    with psycopg.connect(
+        **pg_cluster.conninfo("primary", user=reader.user, password=reader.password().reveal())
+    ) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (reader.user,)
+
+    again = run_manage("register_cluster", *args, env=child_env)
+    assert again.returncode == 0, again.stderr
+    assert "cluster 'fleet' unchanged" in again.stdout
+
+    removed = run_manage(
+        "register_cluster", *_common_args(pg_cluster), "--assistant-user", "", env=child_env
+    )
+    assert removed.returncode == 0, removed.stderr
+    assert "assistant role" in removed.stdout
+    stored = Cluster.objects.get(name="fleet")
+    assert stored.assistant_role() is None
+    assert stored.assistant_password_encrypted == ""
+    assert stored.assistant_role(writes=True) is not None  # left as it was
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--assistant-password-file", "/nonexistent"], "needs --assistant-user"),
+        (["--assistant-user", "bad name"], "is not a role name"),
+        (
+            ["--assistant-user", "r", "--assistant-password-file", "/nonexistent/file"],
+            "cannot read the --assistant-password-file",
+        ),
+    ],
+)
+def test_assistant_role_options_refuse_bad_input_and_change_nothing(
+    pg_cluster: LocalPostgresCluster, child_env: dict[str, str], extra: list[str], message: str
+) -> None:
+    refused = run_manage("register_cluster", *_common_args(pg_cluster), *extra, env=child_env)
+
+    assert refused.returncode != 0
+    assert message in refused.stderr
+    assert not Cluster.objects.filter(name="fleet").exists()

@@ -3,6 +3,8 @@
     manage.py register_cluster NAME --endpoint NAME=ROLE@HOST[:PORT] [--endpoint ...]
         [--dbname DB] [--user USER] [--sslmode MODE] [--sslrootcert PATH] [--zone ZONE]
         [--password-file PATH | --password-stdin] [--description TEXT]
+        [--assistant-user ROLE --assistant-password-file PATH]
+        [--assistant-write-user ROLE --assistant-write-password-file PATH]
 
 What docker-compose.yml and scripts run. The password comes from a file or
 standard input, never from the command line, where every user of the machine
@@ -26,15 +28,13 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from endpoints.crypto import Secret
-from endpoints.models import Role, SslMode
-from endpoints.registry import EndpointSpec, register_cluster
+from endpoints.models import Role, SslMode, validate_host
+from endpoints.registry import EndpointSpec, RoleSpec, register_cluster
 
 DEFAULT_PORT = 5432
 ENDPOINT_SYNTAX = "NAME=ROLE@HOST[:PORT]"
 _ENDPOINT_RE = re.compile(r"^(?P<name>[^=]*)=(?P<role>[^@]*)@(?P<address>.*)$")
 _SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]{1,63}$")
-# RFC 1123 host names; underscores too, as Docker and Kubernetes service names use them.
-_HOST_LABEL_RE = re.compile(r"^[a-zA-Z0-9_]([-a-zA-Z0-9_]{0,61}[a-zA-Z0-9_])?$")
 
 
 @dataclass(frozen=True)
@@ -98,10 +98,11 @@ def _parse_address(name: str, address: str) -> tuple[str, int]:
 
 
 def _valid_host(host: str) -> bool:
-    if not host or len(host) > 253:
+    try:
+        validate_host(host)
+    except ValidationError:
         return False
-    labels = host.removesuffix(".").split(".")
-    return all(_HOST_LABEL_RE.match(label) for label in labels)
+    return True
 
 
 def _parse_port(name: str, text: str | None) -> int:
@@ -217,6 +218,19 @@ class Command(BaseCommand):
         parser.add_argument(
             "--password", nargs="?", action=RefusePasswordArgument, help=argparse.SUPPRESS
         )
+        for kind, what in (("assistant", "read"), ("assistant-write", "write")):
+            parser.add_argument(
+                f"--{kind}-user",
+                metavar="ROLE",
+                help=f"The role the MCP server's {what} tools connect as (least privilege: "
+                "see the README's MCP section); an empty value removes it.",
+            )
+            parser.add_argument(
+                f"--{kind}-password-file",
+                type=Path,
+                metavar="PATH",
+                help=f"Read the --{kind}-user role's password from this file.",
+            )
 
     def handle(self, *args: Any, **options: Any) -> None:
         password = self._read_password(options)
@@ -237,36 +251,79 @@ class Command(BaseCommand):
             for endpoint in endpoints
         ]
         name: str = options["name"]
+        assistant = self._role(options, "assistant")
+        assistant_write = self._role(options, "assistant_write")
         try:
-            registration = register_cluster(name, specs, description=options["description"])
+            registration = register_cluster(
+                name,
+                specs,
+                description=options["description"],
+                assistant=assistant,
+                assistant_write=assistant_write,
+            )
         except ValidationError as exc:
             raise CommandError(describe_validation_error(name, exc)) from None
         self.stdout.write(registration.summary())
+
+    def _role(self, options: dict[str, Any], kind: str) -> RoleSpec | None:
+        """``--KIND-user`` and its password file as a RoleSpec; None when neither is given."""
+        user: str | None = options[f"{kind}_user"]
+        path: Path | None = options[f"{kind}_password_file"]
+        option = kind.replace("_", "-")
+        if user is None:
+            if path is not None:
+                raise CommandError(f"--{option}-password-file needs --{option}-user")
+            return None
+        if user and not _ROLE_RE.match(user):
+            raise CommandError(
+                f"--{option}-user {user!r} is not a role name (letters, digits, _ and $, "
+                "at most 63 characters)"
+            )
+        password = _password_from_file(path, f"--{option}-password-file") if path else None
+        return RoleSpec(user, password)
 
     def _read_password(self, options: dict[str, Any]) -> Secret | None:
         path: Path | None = options["password_file"]
         if path is not None:
             source = f"password file {path}"
-            try:
-                raw = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                # strerror, not str(exc): the reason without repeating the path.
-                raise CommandError(f"cannot read the {source}: {exc.strerror or exc}") from None
-            except UnicodeDecodeError:
-                raise CommandError(f"the {source} is not UTF-8 text") from None
+            raw = _read_file(path, source)
         elif options["password_stdin"]:
             source = "password on standard input"
             stream: IO[str] = options.get("stdin") or sys.stdin
             raw = getpass.getpass("Password: ") if stream.isatty() else stream.read()
         else:
             return None
-        # Like the postgres image's *_FILE variables: trailing newlines are not part of it.
-        password = raw.rstrip("\r\n")
-        if not password:
-            raise CommandError(f"the {source} is empty")
-        if "\n" in password or "\r" in password:
-            raise CommandError(f"the {source} spans several lines; give the password alone")
-        return Secret(password)
+        return _one_line_password(raw, source)
+
+
+# Role names pgwarden registers: PostgreSQL's unquoted identifiers (quoted ones may hold
+# anything, but a name that needs quoting is a typo far more often than a wish).
+_ROLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+
+
+def _read_file(path: Path, source: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        # strerror, not str(exc): the reason without repeating the path.
+        raise CommandError(f"cannot read the {source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"the {source} is not UTF-8 text") from None
+
+
+def _password_from_file(path: Path, option: str) -> Secret:
+    source = f"{option} {path}"
+    return _one_line_password(_read_file(path, source), source)
+
+
+def _one_line_password(raw: str, source: str) -> Secret:
+    # Like the postgres image's *_FILE variables: trailing newlines are not part of it.
+    password = raw.rstrip("\r\n")
+    if not password:
+        raise CommandError(f"the {source} is empty")
+    if "\n" in password or "\r" in password:
+        raise CommandError(f"the {source} spans several lines; give the password alone")
+    return Secret(password)
 
 
 def describe_validation_error(name: str, exc: ValidationError) -> str:
