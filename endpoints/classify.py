@@ -135,6 +135,9 @@ class Classification:
     # One statement PostgreSQL refuses inside a transaction block (VACUUM, CREATE INDEX
     # CONCURRENTLY, CREATE DATABASE, ALTER SYSTEM...): it must run on its own, in autocommit.
     outside_transaction: bool = False
+    # Characters after the one statement's end: whitespace, comments and semicolons that a
+    # caller embedding the statement in a larger one (as a subquery) must leave out.
+    trailing_chars: int = 0
 
     @property
     def is_read(self) -> bool:
@@ -489,7 +492,24 @@ def _classify(sql: str, strict: bool) -> Classification:
             )
     reason = verdicts[0][1] if count == 1 else f"all {count} statements only read"
     cursor_ok = count == 1 and isinstance(raw_statements[0].stmt, ast.SelectStmt)
-    return Classification("read", reason, count, frozenset(functions), None, session, cursor_ok)
+    return Classification(
+        "read",
+        reason,
+        count,
+        frozenset(functions),
+        None,
+        session,
+        cursor_ok,
+        trailing_chars=_trailing_chars(sql, raw_statements[0]) if count == 1 else 0,
+    )
+
+
+def _trailing_chars(sql: str, raw: ast.RawStmt) -> int:
+    """How many characters of ``sql`` follow its only statement (``;``, comments, spaces)."""
+    length = raw.stmt_len or 0
+    if not length:
+        return 0  # the statement runs to the end of the string (a comment at most follows)
+    return max(0, len(sql) - (raw.stmt_location or 0) - length)
 
 
 # Always refused inside a transaction block (PreventInTransactionBlock in PostgreSQL).

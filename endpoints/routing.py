@@ -33,6 +33,7 @@ a user function that writes) is sent once to the primary.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from bisect import bisect_left
@@ -44,6 +45,7 @@ from typing import Any, Literal, LiteralString
 
 import psycopg
 from psycopg import pq, sql
+from psycopg._queries import PostgresQuery
 
 from endpoints import pools as pools_module
 from endpoints.balancing import Balancer, Candidate, Selection, select_eligible
@@ -57,8 +59,16 @@ from endpoints.pools import (
     TrackedConnection,
     watchdog,
 )
+from endpoints.purposes import OPERATIONS, AssistantLimits, Purpose
 from endpoints.retry import CircuitBreaker, retry_delay_s
-from endpoints.topology import ClusterView, EndpointView, Snapshot, Topology, on_local_change
+from endpoints.topology import (
+    ClusterView,
+    EndpointView,
+    PurposeTopology,
+    Snapshot,
+    Topology,
+    on_local_change,
+)
 
 Intent = Literal["auto", "read", "write"]
 INTENTS = ("auto", "read", "write")
@@ -374,9 +384,25 @@ class _Checkout:
 
 
 class Router:
-    def __init__(self, topology: Topology, pools: PoolRegistry) -> None:
+    """Routes requests of one purpose (operations, or an assistant's) across clusters.
+
+    An assistant router's connections use the cluster's assistant role (see
+    :mod:`endpoints.purposes`) and send every statement over the extended query protocol,
+    which carries exactly one statement: SQL text never reaches the server through the
+    simple protocol, which would run everything after a ``;``.
+    """
+
+    def __init__(
+        self,
+        topology: Topology | PurposeTopology,
+        pools: PoolRegistry,
+        *,
+        purpose: Purpose = OPERATIONS,
+    ) -> None:
         self.topology = topology
         self.pools = pools
+        self.purpose = purpose
+        self.extended_only = purpose.assistant
         self._runtimes: dict[str, ClusterRuntime] = {}
         self._seen: Snapshot | None = None
         self._lock = threading.Lock()
@@ -395,10 +421,15 @@ class Router:
         max_rows: int | None = None,
         min_lsn: str | None = None,
         read_only: bool = False,
+        max_bytes: int | None = None,
     ) -> QueryResult:
         _check_sql(sql_text)
         if timeout_ms is not None or max_rows is not None:
             _check_limits(timeout_ms, max_rows)
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
+        ):
+            raise ValueError(f"max_bytes must be a positive integer, not {max_bytes!r}")
         if read_only and intent == "write":
             raise ValueError("read_only=True cannot run a statement meant to write")
         view, runtime = self._cluster(cluster)
@@ -417,6 +448,8 @@ class Router:
         request = _Request(view.name, kind, _read_preference(read_preference, view))
         can_stream = max_rows is not None and _single_statement(classification)
         as_cursor = read_only and classification is not None and classification.cursor_ok
+        # The byte cap is applied by the server while it produces rows: only for a cursor.
+        capped = _CappedStatement.of(sql_text, classification, max_bytes) if as_cursor else None
         facts = _facts(sql_text, params, classification, view)
         # VACUUM, CREATE INDEX CONCURRENTLY...: never inside a transaction block.
         outside = facts.outside_transaction and not read_only
@@ -432,7 +465,14 @@ class Router:
             t0 = time.perf_counter()
             try:
                 if timeout_ms is None and max_rows is None and not read_only:
-                    result = _execute(checkout.conn, sql_text, params, max_rows=None, stream=False)
+                    result = _execute(
+                        checkout.conn,
+                        sql_text,
+                        params,
+                        max_rows=None,
+                        stream=False,
+                        extended=self.extended_only,
+                    )
                 else:
                     result = _run_statement(
                         checkout.conn,
@@ -445,6 +485,8 @@ class Router:
                         stream=can_stream and request.kind == "read",
                         as_cursor=as_cursor,
                         outside_transaction=outside,
+                        extended=self.extended_only,
+                        capped=capped,
                     )
                 if request.kind == "write" and want_lsn:
                     result.lsn = _current_lsn(checkout.conn)
@@ -508,7 +550,8 @@ class Router:
                         _set_local_timeout(conn, timeout_ms)
                     for position, (text, params) in enumerate(statements):
                         index = position  # named in the error if this statement fails
-                        results.append(_fetch(conn.execute(text, params), max_rows=None))
+                        cursor = _cursor(conn, extended=self.extended_only)
+                        results.append(_fetch(cursor.execute(text, params), max_rows=None))
                     committing = True
                 lsn = _current_lsn(conn) if not read_only and view.has_replicas else None
             except psycopg.Error as exc:
@@ -858,16 +901,20 @@ def _run_statement(
     stream: bool,
     as_cursor: bool = False,
     outside_transaction: bool = False,
+    extended: bool = False,
+    capped: _CappedStatement | None = None,
 ) -> QueryResult:
     if outside_transaction:
         # PostgreSQL refuses it in a transaction block, so the timeout is the session's:
         # the router closes this connection afterwards.
         if timeout_ms:
             conn.execute(f"SET statement_timeout = '{int(timeout_ms)}ms'".encode())
-        return _execute(conn, sql_text, params, max_rows=max_rows, stream=False)
+        return _execute(conn, sql_text, params, max_rows=max_rows, stream=False, extended=extended)
     if not (timeout_ms or read_only):
-        return _execute(conn, sql_text, params, max_rows=max_rows, stream=stream)
+        return _execute(conn, sql_text, params, max_rows=max_rows, stream=stream, extended=extended)
     if read_only and as_cursor and _PIPELINE:
+        if capped is not None:
+            return _read_capped(conn, capped, params, timeout_ms=timeout_ms, max_rows=max_rows)
         return _read_through_cursor(
             conn, sql_text, params, timeout_ms=timeout_ms, max_rows=max_rows
         )
@@ -880,7 +927,9 @@ def _run_statement(
         setup += f"; SET LOCAL statement_timeout = '{int(timeout_ms)}ms'"
     conn.execute(setup.encode())
     try:
-        result = _execute(conn, sql_text, params, max_rows=max_rows, stream=stream)
+        result = _execute(
+            conn, sql_text, params, max_rows=max_rows, stream=stream, extended=extended
+        )
     except BaseException:
         _end_transaction(conn, "ROLLBACK")
         raise
@@ -900,32 +949,144 @@ def _read_through_cursor(
     *,
     timeout_ms: int | None,
     max_rows: int | None,
+    fetch_rows: int | None = None,
+    extra_columns: int = 0,
 ) -> QueryResult:
     """A read-only SELECT in one network round trip, rolled back, reading max_rows + 1 rows.
 
     BEGIN READ ONLY, the settings, the query as a cursor, one FETCH and the ROLLBACK go to
     the server together in pipeline mode: one round trip where running them one by one
     takes three. The cursor is what keeps it bounded: the server produces at most
-    max_rows + 1 rows, as many as streaming would read.
+    max_rows + 1 rows (``fetch_rows``, when given), as many as streaming would read.
+    ``extra_columns``: trailing columns of the query that are not the caller's.
     """
-    fetch = f"FETCH FORWARD {max_rows + 1}" if max_rows is not None else "FETCH ALL"
+    if fetch_rows is None:
+        fetch_rows = max_rows + 1 if max_rows is not None else None
+    fetch = f"FETCH FORWARD {fetch_rows}" if fetch_rows is not None else "FETCH ALL"
     rows_cur = conn.cursor()
     try:
+        # Never prepared (psycopg prepares a statement run 5 times): when a statement fails
+        # the rest of the pipeline is skipped, a PREPARE in it too, and psycopg would later
+        # EXECUTE a statement the server never prepared, failing the next ROLLBACK.
         with conn.pipeline():
-            conn.execute(b"BEGIN READ ONLY")
-            conn.execute(_cursor_settings(timeout_ms))
-            conn.execute(f"DECLARE {_CURSOR_NAME} NO SCROLL CURSOR FOR {sql_text}", params)
-            rows_cur.execute(f"{fetch} FROM {_CURSOR_NAME}".encode())
-            conn.execute(b"ROLLBACK")
+            conn.execute(b"BEGIN READ ONLY", prepare=False)
+            conn.execute(_cursor_settings(timeout_ms), prepare=False)
+            conn.execute(
+                f"DECLARE {_CURSOR_NAME} NO SCROLL CURSOR FOR {sql_text}", params, prepare=False
+            )
+            rows_cur.execute(f"{fetch} FROM {_CURSOR_NAME}".encode(), prepare=False)
+            conn.execute(b"ROLLBACK", prepare=False)
     except BaseException:
         # A failed statement aborts the rest of the pipeline, ROLLBACK included.
         if conn.info.transaction_status != pq.TransactionStatus.IDLE:
             _end_transaction(conn, "ROLLBACK")
         raise
-    result = _result(rows_cur, rows_cur.fetchall(), max_rows)
+    result = _result(rows_cur, rows_cur.fetchall(), max_rows, extra_columns=extra_columns)
     # The query's own tag rather than FETCH's; unknown when rows were left unread.
     result.status = None if result.truncated else f"SELECT {len(result.rows)}"
     return result
+
+
+# A byte cap the server applies while it produces rows (see _CappedStatement).
+_CAP_MARKER = "pgwarden: result over the byte cap at row "
+_CAP_ROW = re.compile(re.escape(_CAP_MARKER) + r"(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class _CappedStatement:
+    """A SELECT wrapped so that the server stops once its rows pass ``max_bytes``.
+
+    The wrapper keeps a running total of each row's size in its text form (what travels
+    in text format, quoting included, so never less) and raises an error, recognisable
+    by :data:`_CAP_MARKER` and the row's number, at the first row that would take the
+    total past the cap, before sending it. So whatever the query, this process receives
+    at most ``max_bytes`` of row data: no row, however large, is ever fetched whole to be
+    thrown away. The error costs the FETCH its rows; the caller then fetches exactly the
+    rows before that one (:func:`_read_capped`). The window keeps the query's own row
+    order (no PARTITION BY or ORDER BY of its own) and reads rows as they are fetched.
+    """
+
+    text: str
+    max_bytes: int
+
+    @classmethod
+    def of(
+        cls, sql_text: str, classification: Classification | None, max_bytes: int | None
+    ) -> _CappedStatement | None:
+        if max_bytes is None or classification is None or not classification.cursor_ok:
+            return None
+        trailing = classification.trailing_chars
+        statement = sql_text[: len(sql_text) - trailing] if trailing else sql_text
+        cap = int(max_bytes)
+        # The statement is the caller's SQL by design (checked by the guard, one statement).
+        text = (
+            "SELECT pgwarden_rows.*, CASE WHEN pg_catalog.sum(pg_catalog.octet_length("  # noqa: S608
+            "ROW(pgwarden_rows.*)::pg_catalog.text)) OVER pgwarden_window > "
+            f"{cap}::pg_catalog.int8 THEN pg_catalog.concat('{_CAP_MARKER}', "
+            "pg_catalog.row_number() OVER pgwarden_window)::pg_catalog.int4 END "
+            # A newline ends a trailing -- comment of the statement.
+            f"AS pgwarden_capped FROM (\n{statement}\n) AS pgwarden_rows "
+            "WINDOW pgwarden_window AS (ROWS UNBOUNDED PRECEDING)"
+        )
+        return cls(text, cap)
+
+
+def _read_capped(
+    conn: psycopg.Connection[Any],
+    capped: _CappedStatement,
+    params: Any,
+    *,
+    timeout_ms: int | None,
+    max_rows: int | None,
+) -> QueryResult:
+    """:func:`_read_through_cursor` of a capped statement: the rows within the byte cap.
+
+    One round trip when the rows fit. Otherwise the server stopped at the row that did
+    not: the statement runs again for exactly the rows before it (``truncated``). Should a
+    query whose rows change between runs pass the cap early again, the answer is empty
+    and ``truncated``, never unbounded.
+    """
+    fetch_rows: int | None = None
+    for _ in range(2):
+        try:
+            result = _read_through_cursor(
+                conn,
+                capped.text,
+                params,
+                timeout_ms=timeout_ms,
+                max_rows=max_rows,
+                fetch_rows=fetch_rows,
+                extra_columns=1,
+            )
+        except psycopg.errors.InvalidTextRepresentation as exc:
+            over_at = _over_cap_row(exc)
+            if over_at is None:
+                raise  # the query's own error
+            fetch_rows = over_at - 1
+            continue
+        if fetch_rows is not None:
+            result.truncated = True
+            result.status = None
+        return result
+    return _empty_truncated()
+
+
+def _over_cap_row(exc: psycopg.Error) -> int | None:
+    match = _CAP_ROW.search(exc.diag.message_primary or "")
+    return int(match.group(1)) if match else None
+
+
+def _empty_truncated() -> QueryResult:
+    return QueryResult(
+        columns=[],
+        rows=[],
+        rowcount=0,
+        truncated=True,
+        endpoint="",
+        role="",
+        elapsed_ms=0.0,
+        attempts=0,
+    )
 
 
 def _cursor_settings(timeout_ms: int | None) -> bytes:
@@ -958,6 +1119,34 @@ def _end_transaction(conn: psycopg.Connection[Any], command: LiteralString) -> N
         conn.close()
 
 
+class ExtendedCursor(psycopg.Cursor[Any]):
+    """A cursor that sends every statement over the extended query protocol.
+
+    psycopg uses the simple protocol for a statement without parameters, and the simple
+    protocol runs every statement in the string: ``SELECT 1; DROP TABLE t``. The extended
+    protocol's Parse message takes exactly one, so whatever the SQL text hides (a quote the
+    guard's parser read differently, say) the server refuses a second statement.
+    """
+
+    def _execute_send(
+        self,
+        query: PostgresQuery,
+        *,
+        force_extended: bool = False,
+        binary: bool | None = None,
+    ) -> None:
+        super()._execute_send(query, force_extended=True, binary=binary)
+
+
+def _cursor(conn: psycopg.Connection[Any], *, extended: bool) -> psycopg.Cursor[Any]:
+    return ExtendedCursor(conn) if extended else conn.cursor()
+
+
+def extended_cursor(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+    """A cursor on ``conn`` that never uses the simple query protocol (see ExtendedCursor)."""
+    return ExtendedCursor(conn)
+
+
 def _execute(
     conn: psycopg.Connection[Any],
     sql_text: str,
@@ -965,8 +1154,9 @@ def _execute(
     *,
     max_rows: int | None,
     stream: bool,
+    extended: bool = False,
 ) -> QueryResult:
-    cur = conn.cursor()
+    cur = _cursor(conn, extended=extended)
     if stream and max_rows is not None:
         # Single-row mode: stop reading after max_rows + 1 (psycopg cancels the rest),
         # so a huge result is never held in memory.
@@ -1002,7 +1192,9 @@ def _fetch(cur: psycopg.Cursor[Any], *, max_rows: int | None) -> QueryResult:
     return _result(cur, rows, max_rows)
 
 
-def _result(cur: psycopg.Cursor[Any], rows: list[Any], max_rows: int | None) -> QueryResult:
+def _result(
+    cur: psycopg.Cursor[Any], rows: list[Any], max_rows: int | None, *, extra_columns: int = 0
+) -> QueryResult:
     # This runs on every request, right after waiting on the network with cold CPU caches:
     # every step counts, hence reading the libpq result directly rather than
     # cursor.description (which builds objects on each access).
@@ -1015,10 +1207,14 @@ def _result(cur: psycopg.Cursor[Any], rows: list[Any], max_rows: int | None) -> 
     dict_rows: list[dict[str, Any]] = []
     if result is not None and result.nfields:
         encoding = _encoding(cur.connection)
-        for i in range(result.nfields):
+        for i in range(result.nfields - extra_columns):
             columns.append((result.fname(i) or b"").decode(encoding))
             types.append(_type_name(cur, result.ftype(i)))
-        dict_rows = [dict(zip(columns, row, strict=True)) for row in rows]
+        if extra_columns:
+            width = len(columns)
+            dict_rows = [dict(zip(columns, row[:width], strict=True)) for row in rows]
+        else:
+            dict_rows = [dict(zip(columns, row, strict=True)) for row in rows]
     rowcount = cur.rowcount
     return QueryResult(
         columns=columns,
@@ -1196,22 +1392,51 @@ def _round(value: float | None) -> float | None:
     return round(value, 3) if value is not None else None
 
 
-# The process-wide router and the module-level API
+# The process-wide routers (one per purpose) and the module-level API
 
 _router: Router | None = None
+# Assistant purposes' routers, created on first use; they share the operations router's
+# topology (one snapshot, one Redis check) and have pools of their own.
+_purpose_routers: dict[str, Router] = {}
 _router_lock = threading.Lock()
+_listening = False
 
 
-def get_router() -> Router:
-    global _router
-    router = _router
-    if router is None:
-        with _router_lock:
-            if _router is None:
-                _router = Router(Topology(), pools_module.registry)
+def get_router(purpose: Purpose = OPERATIONS) -> Router:
+    """This process's router for ``purpose`` (operations unless named), created on first use."""
+    global _router, _listening
+    router = _router if not purpose.assistant else _purpose_routers.get(purpose.name)
+    if router is not None:
+        return router
+    with _router_lock:
+        if _router is None:
+            _router = Router(Topology(), pools_module.registry)
+            if not _listening:
                 on_local_change(_invalidate_local)
-            router = _router
-    return router
+                _listening = True
+        if not purpose.assistant:
+            return _router
+        router = _purpose_routers.get(purpose.name)
+        if router is None:
+            base = _router.topology
+            assert isinstance(base, Topology)
+            router = Router(
+                PurposeTopology(base, purpose, assistant_limits),
+                PoolRegistry(),
+                purpose=purpose,
+            )
+            _purpose_routers[purpose.name] = router
+        return router
+
+
+def assistant_limits() -> AssistantLimits:
+    """The PGWARDEN_MCP_* limits every assistant session carries."""
+    from django.conf import settings
+
+    return AssistantLimits(
+        max_timeout_ms=settings.PGWARDEN_MCP_MAX_TIMEOUT_MS,
+        lock_timeout_ms=settings.PGWARDEN_MCP_LOCK_TIMEOUT_MS,
+    )
 
 
 def _invalidate_local() -> None:
@@ -1221,9 +1446,11 @@ def _invalidate_local() -> None:
 
 def _forget_router_after_fork() -> None:
     # A forked child (gunicorn, Celery prefork) must not share the parent's Redis socket
-    # or snapshot lock; the pool registry forgets the parent's pools on its own.
-    global _router, _router_lock
+    # or snapshot lock; the pool registry forgets the parent's pools on its own, and the
+    # assistant routers' registries go with their routers.
+    global _router, _router_lock, _purpose_routers
     _router = None
+    _purpose_routers = {}
     _router_lock = threading.Lock()
 
 
@@ -1234,6 +1461,9 @@ def reset_router() -> None:
     """Close every pool and forget the snapshot (tests; after settings change)."""
     global _router
     with _router_lock:
+        for router in _purpose_routers.values():
+            router.close()
+        _purpose_routers.clear()
         if _router is not None:
             _router.close()
         _router = None
@@ -1250,6 +1480,8 @@ def execute(
     max_rows: int | None = None,
     min_lsn: str | None = None,
     read_only: bool = False,
+    max_bytes: int | None = None,
+    purpose: Purpose = OPERATIONS,
 ) -> QueryResult:
     """Run one SQL string on the endpoint the routing rules choose.
 
@@ -1259,9 +1491,11 @@ def execute(
     result) keeps the read off replicas that have not replayed that write.
     ``read_only=True`` runs it in a ``READ ONLY`` transaction that is always rolled
     back, so the server itself refuses any write the classifier could not see (a
-    function that writes, called by a view).
+    function that writes, called by a view). ``max_bytes`` (a read-only SELECT) stops
+    the server once the rows' text passes that many bytes (``truncated``). ``purpose``
+    picks the role: operations (the endpoints' own users) unless an assistant's.
     """
-    return get_router().execute(
+    return get_router(purpose).execute(
         cluster,
         sql,
         params,
@@ -1271,6 +1505,7 @@ def execute(
         max_rows=max_rows,
         min_lsn=min_lsn,
         read_only=read_only,
+        max_bytes=max_bytes,
     )
 
 
@@ -1281,13 +1516,14 @@ def transaction(
     read_only: bool = False,
     read_preference: str | None = None,
     timeout_ms: int | None = None,
+    purpose: Purpose = OPERATIONS,
 ) -> list[QueryResult]:
     """Run ``statements`` on one connection in one transaction: all or nothing.
 
     On the primary unless ``read_only`` (then by read preference, in a READ ONLY
     transaction). Commits on success, rolls back on any error.
     """
-    return get_router().transaction(
+    return get_router(purpose).transaction(
         cluster,
         statements,
         read_only=read_only,
@@ -1301,17 +1537,18 @@ def connection(
     *,
     intent: Literal["read", "write"] = "read",
     read_preference: str | None = None,
+    purpose: Purpose = OPERATIONS,
 ) -> AbstractContextManager[psycopg.Connection[Any]]:
     """A pooled psycopg connection (autocommit) for callers that need the raw driver.
 
     Session changes (SET, an open transaction) are undone when it goes back to the pool.
     """
-    return get_router().connection(cluster, intent=intent, read_preference=read_preference)
+    return get_router(purpose).connection(cluster, intent=intent, read_preference=read_preference)
 
 
-def stats(cluster: str) -> dict[str, Any]:
+def stats(cluster: str, *, purpose: Purpose = OPERATIONS) -> dict[str, Any]:
     """This process's routing statistics for ``cluster``, per endpoint and in total."""
-    return get_router().stats(cluster)
+    return get_router(purpose).stats(cluster)
 
 
 def current_router() -> Router | None:
@@ -1321,14 +1558,17 @@ def current_router() -> Router | None:
 
 __all__ = [
     "ClusterNotFound",
+    "ExtendedCursor",
     "NoEndpointAvailable",
     "QueryError",
     "QueryResult",
     "RoutingError",
     "WriteOutcomeUnknown",
+    "assistant_limits",
     "connection",
     "current_router",
     "execute",
+    "extended_cursor",
     "get_router",
     "reset_router",
     "stats",

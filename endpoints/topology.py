@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -32,8 +32,15 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
 from endpoints.balancing import Candidate
-from endpoints.conninfo import ConnectionInfo
-from endpoints.crypto import DecryptionError
+from endpoints.conninfo import ConnectionInfo, StoredRole
+from endpoints.crypto import DecryptionError, Secret
+from endpoints.purposes import (
+    ASSISTANT_APPLICATION_NAME,
+    OPERATIONS,
+    AssistantLimits,
+    Purpose,
+    session_settings,
+)
 from endpoints.retry import RetryPolicy
 
 logger = logging.getLogger("pgwarden.topology")
@@ -77,6 +84,9 @@ class EndpointView:
     # None when the stored password cannot be decrypted; ``unusable`` says why.
     connection: ConnectionInfo | None = field(repr=False)
     unusable: str = ""
+    # Where and how to connect, without user credentials: what other purposes' roles
+    # (the assistant's) connect with (see for_purpose).
+    target: ConnectionInfo | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -124,6 +134,12 @@ class ClusterView:
     unusable: Mapping[str, str] = field(default_factory=dict)
     by_name: Mapping[str, EndpointView] = field(default_factory=dict)
     has_replicas: bool = False
+    # The roles of the MCP server's tools (None: not registered); decrypted only by
+    # for_purpose, in the processes that serve them.
+    assistant_role: StoredRole | None = field(default=None, repr=False)
+    assistant_write_role: StoredRole | None = field(default=None, repr=False)
+    # Set on views derived for a purpose other than operations.
+    purpose: Purpose = OPERATIONS
 
     def endpoint(self, name: str) -> EndpointView:
         return self.by_name[name]
@@ -157,6 +173,8 @@ def _cluster_view(cluster: Any) -> ClusterView:
     views = tuple(_endpoint_view(cluster, endpoint) for endpoint in cluster.endpoints.all())
     usable = tuple(view for view in views if view.connection is not None)
     return ClusterView(
+        assistant_role=cluster.assistant_role(writes=False),
+        assistant_write_role=cluster.assistant_role(writes=True),
         id=cluster.pk,
         name=cluster.name,
         read_preference=cluster.read_preference,
@@ -186,6 +204,7 @@ def _endpoint_view(cluster: Any, endpoint: Any) -> EndpointView:
     endpoint.cluster = cluster  # already loaded: spare connection_info() a query
     connection: ConnectionInfo | None
     unusable = ""
+    target = replace(endpoint.connection_info(with_password=False), user="")
     try:
         connection = endpoint.connection_info()
     except DecryptionError:
@@ -218,7 +237,123 @@ def _endpoint_view(cluster: Any, endpoint: Any) -> EndpointView:
         ),
         connection=connection,
         unusable=unusable,
+        target=target,
     )
+
+
+# Views for the other purposes (the MCP server's roles)
+
+
+def for_purpose(snapshot: Snapshot, purpose: Purpose, limits: AssistantLimits) -> Snapshot:
+    """``snapshot`` as connections for ``purpose`` see it: same endpoints, that purpose's role.
+
+    Operations is ``snapshot`` itself. For an assistant purpose every endpoint connects with
+    the cluster's assistant (or assistant write) role and the purpose's session settings; a
+    cluster without that role has every endpoint unusable, saying why.
+    """
+    if not purpose.assistant:
+        return snapshot
+    clusters = {
+        name: _purpose_view(view, purpose, limits) for name, view in snapshot.clusters.items()
+    }
+    return Snapshot(
+        version=snapshot.version,
+        loaded_at=snapshot.loaded_at,
+        clusters=MappingProxyType(clusters),
+    )
+
+
+def _purpose_view(view: ClusterView, purpose: Purpose, limits: AssistantLimits) -> ClusterView:
+    settings = session_settings(purpose, limits)
+    role = view.assistant_write_role if purpose.writes else view.assistant_role
+    password: Secret | None = None
+    problem = ""
+    if purpose.uses_operations_role:
+        role = None  # each endpoint's own user, as the operator explicitly chose
+    elif role is None:
+        kind = "assistant write role" if purpose.writes else "assistant role"
+        problem = f"cluster {view.name!r} has no {kind} registered"
+    else:
+        try:
+            password = role.password()
+        except DecryptionError:
+            problem = (
+                f"the stored password of cluster {view.name!r}'s assistant role cannot be "
+                "decrypted with PGWARDEN_ENCRYPTION_KEYS (set it again, or restore the old key)"
+            )
+    endpoints = tuple(
+        _purpose_endpoint(endpoint, role, password, settings, problem)
+        for endpoint in view.endpoints
+    )
+    usable = tuple(endpoint for endpoint in endpoints if endpoint.connection is not None)
+    return replace(
+        view,
+        endpoints=endpoints,
+        candidates=tuple(endpoint.candidate() for endpoint in usable),
+        unusable=MappingProxyType({e.name: e.unusable for e in endpoints if e.unusable}),
+        by_name=MappingProxyType({endpoint.name: endpoint for endpoint in endpoints}),
+        has_replicas=any(e.role == "replica" and e.takes_traffic for e in endpoints),
+        purpose=purpose,
+    )
+
+
+def _purpose_endpoint(
+    endpoint: EndpointView,
+    role: StoredRole | None,
+    password: Secret | None,
+    settings: tuple[tuple[str, str], ...],
+    problem: str,
+) -> EndpointView:
+    if problem or endpoint.target is None:
+        return replace(endpoint, connection=None, unusable=problem or endpoint.unusable)
+    if role is None:  # the operations role, by the operator's explicit choice
+        if endpoint.connection is None:
+            return endpoint
+        base = endpoint.connection
+    else:
+        assert password is not None
+        # The cluster's role goes to every endpoint of the cluster, one an assistant may
+        # have added included: only by SCRAM, so a server that is not the cluster's (it
+        # would not hold the role's verifier) never receives the password.
+        base = replace(
+            endpoint.target,
+            user=role.user,
+            password=password,
+            require_auth=SCRAM if password else "none",
+        )
+    connection = replace(base, settings=settings, application_name=ASSISTANT_APPLICATION_NAME)
+    return replace(endpoint, connection=connection, unusable="")
+
+
+SCRAM = "scram-sha-256"
+
+
+class PurposeTopology:
+    """A :class:`Topology` seen through :func:`for_purpose`: derived once per snapshot."""
+
+    def __init__(
+        self, base: Topology, purpose: Purpose, limits: Callable[[], AssistantLimits]
+    ) -> None:
+        self.base = base
+        self.purpose = purpose
+        self._limits = limits
+        self._derived: tuple[Snapshot, Snapshot] | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> Snapshot:
+        base = self.base.current()
+        derived = self._derived
+        if derived is not None and derived[0] is base:
+            return derived[1]
+        with self._lock:
+            derived = self._derived
+            if derived is None or derived[0] is not base:
+                derived = (base, for_purpose(base, self.purpose, self._limits()))
+                self._derived = derived
+        return derived[1]
+
+    def invalidate(self) -> None:
+        self.base.invalidate()
 
 
 class Topology:

@@ -763,6 +763,62 @@ def test_a_read_only_select_runs_as_a_cursor_that_stops_at_max_rows_and_leaves_n
     assert open_transactions == (0,)
 
 
+def test_sql_errors_on_the_cursor_path_stay_sql_errors_however_often_they_come(
+    cluster: Cluster,
+) -> None:
+    """An error is reported by the endpoint that raised it, never taken for a lost connection.
+
+    psycopg prepares a statement it has run five times; in a pipeline that a failing
+    statement aborts, a PREPARE is skipped with the rest, and a later ROLLBACK once failed
+    on the missing statement: the connection was closed, the read retried on a replica,
+    and the failure counted against the primary's circuit.
+    """
+    configure(cluster, read_preference="primary_preferred")
+    for attempt in range(12):
+        with pytest.raises(QueryError) as raised:
+            routing.execute("local", f"SELECT 'x{attempt}'::int", read_only=True, max_rows=5)
+        assert (raised.value.endpoint, raised.value.sqlstate) == ("primary", "22P02")
+    stats = routing.stats("local")["endpoints"]
+    assert stats["primary"]["errors"] == 0
+    assert stats["primary"]["circuit"]["consecutive_failures"] == 0
+    assert stats["replica1"]["requests"] + stats["replica2"]["requests"] == 0
+    assert routing.execute("local", "SELECT 1 AS one", read_only=True, max_rows=5).rows == [
+        {"one": 1}
+    ]
+
+
+def test_a_byte_cap_stops_the_server_at_the_row_that_would_pass_it(cluster: Cluster) -> None:
+    configure(cluster, read_preference="primary")
+    rows_sql = "SELECT g, repeat('z', 1000) AS pad FROM generate_series(1, 50) AS g ORDER BY g"
+
+    whole = routing.execute("local", rows_sql, read_only=True, max_rows=50, max_bytes=1_000_000)
+    assert [row["g"] for row in whole.rows] == list(range(1, 51))
+    assert whole.columns == ["g", "pad"]  # the cap's own column is not the caller's
+    assert not whole.truncated
+
+    # Each row is about 1 KB as text: a 10 KB cap keeps the first nine, in order.
+    capped = routing.execute("local", rows_sql, read_only=True, max_rows=50, max_bytes=10_000)
+    assert capped.truncated
+    assert [row["g"] for row in capped.rows] == list(range(1, len(capped.rows) + 1))
+    assert 8 <= len(capped.rows) <= 9
+    assert capped.column_types == ["int4", "text"]
+
+    # A first row over the cap alone: nothing of it is fetched, and the answer says so.
+    huge = routing.execute(
+        "local", "SELECT repeat('x', 5000000) AS big", read_only=True, max_rows=5, max_bytes=1000
+    )
+    assert (huge.rows, huge.truncated) == ([], True)
+
+    # Trailing semicolons and comments of the statement do not break the wrapping.
+    tail = routing.execute(
+        "local", "SELECT 1 AS one; -- done", read_only=True, max_rows=5, max_bytes=1000
+    )
+    assert tail.rows == [{"one": 1}]
+    # The query's own errors stay its own.
+    with pytest.raises(QueryError, match="22012"):
+        routing.execute("local", "SELECT 1/0", read_only=True, max_rows=5, max_bytes=1000)
+
+
 def test_statements_postgresql_runs_only_outside_a_transaction_run_with_their_timeout(
     cluster: Cluster, pg_cluster: LocalPostgresCluster
 ) -> None:
