@@ -40,6 +40,13 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
+from endpoints.purposes import (
+    ASSISTANT_ROLE,
+    ASSISTANT_WRITE_ROLE,
+    assistant_role_sql,
+    quote_literal,
+)
+
 logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +108,10 @@ class _ClusterState:
     replication_password: str
     # Node name -> port, primary first.
     ports: dict[str, int]
+    # The MCP server's least-privilege roles (see endpoints.purposes); empty in a
+    # cluster.json from before they existed, filled in at the next start.
+    assistant_password: str = ""
+    assistant_write_password: str = ""
     # Nodes whose creation finished; a node missing here is (re)created from scratch.
     initialized: list[str] = field(default_factory=list)
     # The node replicas are cloned from, recorded by a rebuild after a failover; empty
@@ -331,6 +342,37 @@ class LocalPostgresCluster:
     def password(self) -> str:
         return self._require_state().password
 
+    @property
+    def replication_password(self) -> str:
+        return self._require_state().replication_password
+
+    @property
+    def assistant_user(self) -> str:
+        return ASSISTANT_ROLE
+
+    @property
+    def assistant_password(self) -> str:
+        return self._require_state().assistant_password
+
+    @property
+    def assistant_write_user(self) -> str:
+        return ASSISTANT_WRITE_ROLE
+
+    @property
+    def assistant_write_password(self) -> str:
+        return self._require_state().assistant_write_password
+
+    def assistant_conninfo(
+        self, node: LocalNode | str, *, writes: bool = False, **overrides: Any
+    ) -> dict[str, Any]:
+        """Keyword arguments for ``psycopg.connect`` to ``node`` as an assistant role."""
+        user, password = (
+            (ASSISTANT_WRITE_ROLE, self.assistant_write_password)
+            if writes
+            else (ASSISTANT_ROLE, self.assistant_password)
+        )
+        return self.conninfo(node, **{"user": user, "password": password, **overrides})
+
     def node(self, name: str) -> LocalNode:
         """The node called ``name`` (``primary``, ``replica1``...)."""
         for candidate in self.nodes:
@@ -359,6 +401,7 @@ class LocalPostgresCluster:
         with self._locked():
             state = self._load_or_create_state()
             self._check_matches_request(state)
+            self._fill_in_assistant_passwords(state)
             self._prepare_runtime_dirs()
             for node in self.nodes:
                 if node.name not in state.initialized:
@@ -367,6 +410,7 @@ class LocalPostgresCluster:
                     logger.info("starting %s on port %s", node.name, node.port)
                     self._pg_start(node, timeout_s)
             self._wait_until_serving(timeout_s)
+            self._ensure_assistant_roles(self.primary)
 
     def stop(self, *, timeout_s: float = 60.0) -> None:
         """Fast-stop every running node, replicas first so they do not chase a gone primary."""
@@ -613,6 +657,79 @@ class LocalPostgresCluster:
                     )
         except psycopg.Error as exc:
             raise self._node_error(primary, f"creating roles and database failed: {exc}") from None
+
+    def _fill_in_assistant_passwords(self, state: _ClusterState) -> None:
+        """Give a cluster.json from before the assistant roles their passwords, once."""
+        if state.assistant_password and state.assistant_write_password:
+            return
+        state.assistant_password = state.assistant_password or secrets.token_urlsafe(24)
+        state.assistant_write_password = state.assistant_write_password or secrets.token_urlsafe(24)
+        self._save_state(state)
+
+    def _ensure_assistant_roles(self, primary: LocalNode) -> None:
+        """Create the MCP server's least-privilege roles on the primary, if missing.
+
+        The read role gets pg_read_all_data, the write role pg_read_all_data,
+        pg_write_all_data and CREATE in the application database's public schema; both
+        carry the limits of :func:`endpoints.purposes.assistant_role_sql`. Existing roles
+        are left alone, so a start writes nothing (and works on a read-only old primary).
+        """
+        state = self._require_state()
+        wanted = {
+            ASSISTANT_ROLE: (state.assistant_password, False),
+            ASSISTANT_WRITE_ROLE: (state.assistant_write_password, True),
+        }
+        try:
+            with self._connect_superuser(primary) as conn:
+                existing = {
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [list(wanted)]
+                    )
+                }
+                missing = [role for role in wanted if role not in existing]
+                if not missing:
+                    return
+                if _scalar(conn, "SELECT pg_is_in_recovery()"):
+                    logger.warning(
+                        "%s is in recovery: the assistant roles (%s) are created once a "
+                        "primary starts here",
+                        primary.name,
+                        ", ".join(missing),
+                    )
+                    return
+                for role in missing:
+                    password, writes = wanted[role]
+                    self._create_assistant_role(conn, role, password, writes=writes)
+            if ASSISTANT_WRITE_ROLE in missing:
+                self._grant_schema_create(primary, ASSISTANT_WRITE_ROLE)
+        except psycopg.Error as exc:
+            raise self._node_error(primary, f"creating the assistant roles failed: {exc}") from None
+
+    @staticmethod
+    def _create_assistant_role(
+        conn: psycopg.Connection[Any], role: str, password: str, *, writes: bool
+    ) -> None:
+        # A SCRAM verifier computed here: the plaintext never reaches the server's log.
+        verifier = conn.pgconn.encrypt_password(
+            password.encode(), role.encode(), b"scram-sha-256"
+        ).decode()
+        for statement in assistant_role_sql(role, quote_literal(verifier), writes=writes):
+            conn.execute(statement.encode())
+
+    def _grant_schema_create(self, primary: LocalNode, role: str) -> None:
+        """Let ``role`` create tables in the application database's public schema."""
+        with psycopg.connect(
+            host=str(self._socket_dir),
+            port=primary.port,
+            user=SUPERUSER,
+            dbname=self._require_state().dbname,
+            autocommit=True,
+            connect_timeout=10,
+        ) as conn:
+            conn.execute(
+                sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(role))
+            )
 
     @staticmethod
     def _ensure_role(
@@ -895,8 +1012,15 @@ class LocalPostgresCluster:
 
     def _redact(self, text: str) -> str:
         if self._state is not None:
-            for secret in (self._state.password, self._state.replication_password):
-                text = text.replace(secret, _REDACTED)
+            state = self._state
+            for secret in (
+                state.password,
+                state.replication_password,
+                state.assistant_password,
+                state.assistant_write_password,
+            ):
+                if secret:
+                    text = text.replace(secret, _REDACTED)
         return text
 
     @contextlib.contextmanager
@@ -947,6 +1071,8 @@ class LocalPostgresCluster:
             password=secrets.token_urlsafe(24),
             replication_password=secrets.token_urlsafe(24),
             ports=dict(zip(names, sorted(ports), strict=True)),
+            assistant_password=secrets.token_urlsafe(24),
+            assistant_write_password=secrets.token_urlsafe(24),
         )
         self._save_state(state)
         return state

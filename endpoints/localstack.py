@@ -28,7 +28,7 @@ from endpoints.localcluster import (
     local_redis_for_url,
 )
 from endpoints.models import Role
-from endpoints.registry import EndpointSpec, Registration, register_cluster
+from endpoints.registry import EndpointSpec, Registration, RoleSpec, register_cluster
 
 logger = logging.getLogger("pgwarden.localstack")
 
@@ -42,7 +42,7 @@ class StackError(Exception):
 def register_local_cluster(
     cluster: LocalPostgresCluster, name: str = LOCAL_CLUSTER_NAME
 ) -> Registration:
-    """Register (or refresh) the local cluster's endpoints in the registry."""
+    """Register (or refresh) the local cluster's endpoints and assistant roles."""
     specs = [
         EndpointSpec(
             name=node.name,
@@ -58,7 +58,13 @@ def register_local_cluster(
         for node in cluster.nodes
     ]
     return register_cluster(
-        name, specs, description="Local replicated cluster started by make run (var/)."
+        name,
+        specs,
+        description="Local replicated cluster started by make run (var/).",
+        assistant=RoleSpec(cluster.assistant_user, Secret(cluster.assistant_password)),
+        assistant_write=RoleSpec(
+            cluster.assistant_write_user, Secret(cluster.assistant_write_password)
+        ),
     )
 
 
@@ -304,9 +310,14 @@ def _require_remote_redis(url: str) -> None:
 
 def _banner(cluster: LocalPostgresCluster, login: str) -> str:
     nodes = ", ".join(f"{node.name} {node.host}:{node.port}" for node in cluster.nodes)
+    python = Path(sys.executable)
     return (
         "\npgwarden is running.\n"
         f"  {login}\n"
         f"  cluster {LOCAL_CLUSTER_NAME!r}: {nodes}\n"
+        f"  MCP (stdio, for an assistant): {python} manage.py run_mcp --cluster "
+        f"{LOCAL_CLUSTER_NAME}\n"
+        f"    reads as role {cluster.assistant_user}, writes (--allow-writes) as "
+        f"{cluster.assistant_write_user}\n"
         "  Ctrl-C stops the web server, worker, beat, and the servers started here.\n"
     )

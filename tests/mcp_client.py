@@ -75,11 +75,17 @@ def command(*flags: str) -> list[str]:
 
 
 @asynccontextmanager
-async def mcp_server(*flags: str, env: dict[str, str] | None = None) -> AsyncIterator[Mcp]:
-    """``manage.py run_mcp FLAGS`` in a child process, initialised, with its stderr kept."""
+async def mcp_server(
+    *flags: str, env: dict[str, str] | None = None, base_env: dict[str, str] | None = None
+) -> AsyncIterator[Mcp]:
+    """``manage.py run_mcp FLAGS`` in a child process, initialised, with its stderr kept.
+
+    Its environment is ``base_env`` (default: this process's) updated with ``env``.
+    """
     argv = command(*flags)
+    base = dict(os.environ) if base_env is None else dict(base_env)
     params = StdioServerParameters(
-        command=argv[0], args=argv[1:], env=dict(os.environ) | (env or {}), cwd=str(ROOT)
+        command=argv[0], args=argv[1:], env=base | (env or {}), cwd=str(ROOT)
     )
     handle, name = tempfile.mkstemp(prefix="mcp-stderr-", suffix=".log")
     os.close(handle)
@@ -89,7 +95,12 @@ async def mcp_server(*flags: str, env: dict[str, str] | None = None) -> AsyncIte
             async with stdio_client(params, errlog=errlog) as streams:
                 read, write = streams
                 async with ClientSession(read, write, read_timeout_seconds=120) as session:
-                    await session.initialize()
+                    try:
+                        await session.initialize()
+                    except Exception as exc:
+                        errlog.flush()
+                        tail = path.read_text(errors="replace")[-3000:]
+                        raise RuntimeError(f"run_mcp did not start: {exc}\n{tail}") from exc
                     yield Mcp(session, path)
     finally:
         path.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -201,6 +202,54 @@ def test_repr_and_state_file_keep_the_password_private(cluster: LocalPostgresClu
     # The server got a SCRAM verifier, so the plaintext is in no server log.
     for node in cluster.nodes:
         assert cluster.password not in node.log_file.read_text()
+
+
+def test_the_assistant_roles_exist_with_least_privilege_on_every_node(
+    cluster: LocalPostgresCluster,
+) -> None:
+    for node in cluster.nodes:  # created on the primary, replicated to the others
+        for writes in (False, True):
+            with psycopg.connect(**cluster.assistant_conninfo(node, writes=writes)) as conn:
+                row = conn.execute(
+                    "SELECT current_user::text, rolsuper, rolcreaterole, rolreplication, "
+                    "pg_has_role(current_user, 'pg_read_all_data', 'MEMBER'), "
+                    "pg_has_role(current_user, 'pg_write_all_data', 'MEMBER'), "
+                    "pg_has_role(current_user, 'pg_read_all_settings', 'MEMBER') "
+                    "FROM pg_roles WHERE rolname = current_user"
+                ).fetchone()
+            user = cluster.assistant_write_user if writes else cluster.assistant_user
+            assert row == (user, False, False, False, True, writes, False)
+    # Their passwords, like the application's, reached the server as SCRAM verifiers only.
+    for node in cluster.nodes:
+        log = node.log_file.read_text()
+        assert cluster.assistant_password not in log
+        assert cluster.assistant_write_password not in log
+
+
+def test_a_cluster_from_before_the_assistant_roles_gets_them_at_its_next_start() -> None:
+    base = Path(tempfile.mkdtemp(prefix="pgwarden-test-localcluster-upgrade-"))
+    local = LocalPostgresCluster(base, replicas=0)
+    try:
+        local.start()
+        state_file = base / "cluster.json"
+        old = json.loads(state_file.read_text())
+        del old["assistant_password"], old["assistant_write_password"]
+        state_file.write_text(json.dumps(old))
+        with psycopg.connect(**local.conninfo("primary"), autocommit=True) as conn:
+            conn.execute("DROP ROLE pgwarden_assistant")
+            conn.execute("REVOKE CREATE ON SCHEMA public FROM pgwarden_assistant_write")
+            conn.execute("DROP ROLE pgwarden_assistant_write")
+
+        upgraded = LocalPostgresCluster(base, replicas=0)
+        upgraded.start()
+
+        assert upgraded.assistant_password
+        assert upgraded.assistant_write_password
+        assert json.loads(state_file.read_text())["assistant_password"]
+        with psycopg.connect(**upgraded.assistant_conninfo("primary")) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("pgwarden_assistant",)
+    finally:
+        LocalPostgresCluster(base).destroy()
 
 
 def test_conninfo_targets_the_node_and_takes_overrides(cluster: LocalPostgresCluster) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from html import unescape
 from pathlib import Path
 
+import anyio
 import pytest
 
 from endpoints.localcluster import (
@@ -32,6 +33,7 @@ from endpoints.localcluster import (
     _redis_ping,
     free_port,
 )
+from tests.mcp_client import mcp_server
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "run-local-test-password"
@@ -43,6 +45,7 @@ class RunningStack:
     base_url: str
     cluster_dir: Path
     redis_port: int
+    env: dict[str, str]
     output: list[str] = field(default_factory=list)
 
     def text(self) -> str:
@@ -102,7 +105,7 @@ def stack() -> Iterator[RunningStack]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    running = RunningStack(process, f"http://127.0.0.1:{port}", cluster_dir, redis_port)
+    running = RunningStack(process, f"http://127.0.0.1:{port}", cluster_dir, redis_port, env)
     assert process.stdout is not None
     reader = threading.Thread(
         target=lambda: running.output.extend(iter(process.stdout.readline, "")),  # type: ignore[union-attr]
@@ -150,6 +153,12 @@ class AdminSession:
         )
 
 
+async def _assistant_reads_as(stack: RunningStack) -> str:
+    async with mcp_server("--cluster", "local", base_env=stack.env) as mcp:
+        answer = await mcp.ok("query", sql="SELECT current_user AS me")
+    return str(answer["rows"][0]["me"])
+
+
 def _wait_until_serving(url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -190,6 +199,16 @@ def test_run_local_serves_the_admin_with_the_local_cluster_and_stops_everything(
     assert result.count("connected. PostgreSQL 15") == 3, result
     assert result.count("in recovery (replica)") == 2
     assert "not in recovery (primary)" in result
+
+    # The assistant's least-privilege roles are created and registered: an MCP client that
+    # starts `run_mcp --cluster local`, as the banner says, reads as the assistant role.
+    assert "manage.py run_mcp --cluster local" in stack.text()
+    cluster_page = session.get("/admin/endpoints/cluster/")
+    [cluster_id] = re.findall(r'href="/admin/endpoints/cluster/(\d+)/change/', cluster_page)
+    page = session.get(f"/admin/endpoints/cluster/{cluster_id}/change/")
+    assert 'value="pgwarden_assistant"' in page
+    assert 'value="pgwarden_assistant_write"' in page
+    assert anyio.run(_assistant_reads_as, stack) == "pgwarden_assistant"
 
     # Everything it started, before Ctrl-C: its process tree (web, worker, beat and their
     # forks), the PostgreSQL servers (which daemonise) and Redis (which daemonises too).
