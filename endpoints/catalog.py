@@ -1,7 +1,8 @@
 """Schema introspection of a managed cluster: schemas, tables, columns, keys, indexes.
 
 Every query reads ``pg_catalog`` through :func:`endpoints.routing.execute` in a
-READ ONLY transaction that is always rolled back, so it may run on a replica.
+READ ONLY transaction that is always rolled back, so it may run on a replica, as the
+role of ``purpose`` (the cluster's assistant role unless the caller names another).
 Names are passed as query parameters, never formatted into SQL. Results are
 plain JSON-safe data.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from endpoints import routing
+from endpoints.purposes import ASSISTANT_READ, Purpose
 
 # relkind -> what callers see. Indexes, sequences, composite and TOAST types are left out.
 KINDS = {
@@ -46,9 +48,16 @@ class Ambiguous(CatalogError):
 
 
 def _read(
-    cluster: str, query: str, params: dict[str, Any] | None = None, **kwargs: Any
+    cluster: str,
+    query: str,
+    params: dict[str, Any] | None = None,
+    *,
+    purpose: Purpose,
+    **kwargs: Any,
 ) -> routing.QueryResult:
-    return routing.execute(cluster, query, params or {}, intent="read", read_only=True, **kwargs)
+    return routing.execute(
+        cluster, query, params or {}, intent="read", read_only=True, purpose=purpose, **kwargs
+    )
 
 
 def _name(value: Any, argument: str) -> str:
@@ -84,13 +93,13 @@ ORDER BY n.nspname
 """
 
 
-def list_schemas(cluster: str) -> list[dict[str, Any]]:
+def list_schemas(cluster: str, *, purpose: Purpose = ASSISTANT_READ) -> list[dict[str, Any]]:
     """``[{"name", "owner", "tables"}]`` for every non-system schema, by name."""
-    return [dict(row) for row in _read(cluster, _SCHEMAS_SQL).rows]
+    return [dict(row) for row in _read(cluster, _SCHEMAS_SQL, purpose=purpose).rows]
 
 
-def _unknown_schema(cluster: str, schema: str) -> NotFound:
-    known = ", ".join(s["name"] for s in list_schemas(cluster)) or "none"
+def _unknown_schema(cluster: str, schema: str, purpose: Purpose) -> NotFound:
+    known = ", ".join(s["name"] for s in list_schemas(cluster, purpose=purpose)) or "none"
     return NotFound(f"cluster {cluster!r} has no schema {schema!r} (schemas: {known})")
 
 
@@ -125,7 +134,9 @@ def _table_summary(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def list_tables(cluster: str, schema: str | None = None) -> list[dict[str, Any]]:
+def list_tables(
+    cluster: str, schema: str | None = None, *, purpose: Purpose = ASSISTANT_READ
+) -> list[dict[str, Any]]:
     """Tables, views, materialized views, partitioned and foreign tables, by schema and name.
 
     ``[{"schema", "name", "kind", "estimated_rows", "comment"}]``; ``estimated_rows`` is
@@ -135,14 +146,14 @@ def list_tables(cluster: str, schema: str | None = None) -> list[dict[str, Any]]
     """
     if schema is not None:
         _name(schema, "schema")
-    rows = _read(cluster, _TABLES_SQL, {"schema": schema}).rows
+    rows = _read(cluster, _TABLES_SQL, {"schema": schema}, purpose=purpose).rows
     # An empty answer for a named schema: empty, or missing? Only then ask which.
     if (
         not rows
         and schema is not None
-        and not _read(cluster, _SCHEMA_EXISTS_SQL, {"schema": schema}).rows
+        and not _read(cluster, _SCHEMA_EXISTS_SQL, {"schema": schema}, purpose=purpose).rows
     ):
-        raise _unknown_schema(cluster, schema)
+        raise _unknown_schema(cluster, schema, purpose)
     return [_table_summary(row) for row in rows]
 
 
@@ -245,7 +256,9 @@ def _description(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def describe_table(cluster: str, table: str, schema: str | None = None) -> dict[str, Any]:
+def describe_table(
+    cluster: str, table: str, schema: str | None = None, *, purpose: Purpose = ASSISTANT_READ
+) -> dict[str, Any]:
     """A table's columns (in order), primary key, foreign keys and indexes.
 
     ``table`` may be ``"schema.table"``. Without a schema, every non-system schema is
@@ -255,10 +268,13 @@ def describe_table(cluster: str, table: str, schema: str | None = None) -> dict[
     if schema is not None:
         _name(schema, "schema")
     name, schema = _split(table, schema)
-    rows = _read(cluster, _DESCRIBE_SQL, {"table": name, "schema": schema}).rows
+    rows = _read(cluster, _DESCRIBE_SQL, {"table": name, "schema": schema}, purpose=purpose).rows
     if not rows:
-        if schema is not None and not _read(cluster, _SCHEMA_EXISTS_SQL, {"schema": schema}).rows:
-            raise _unknown_schema(cluster, schema)
+        if (
+            schema is not None
+            and not _read(cluster, _SCHEMA_EXISTS_SQL, {"schema": schema}, purpose=purpose).rows
+        ):
+            raise _unknown_schema(cluster, schema, purpose)
         where = f"schema {schema!r}" if schema is not None else "any non-system schema"
         raise NotFound(f"cluster {cluster!r} has no table or view {name!r} in {where}")
     if len(rows) > 1:
@@ -291,13 +307,13 @@ ORDER BY n.nspname, c.relname
 """
 
 
-def schema_overview(cluster: str) -> dict[str, Any]:
+def schema_overview(cluster: str, *, purpose: Purpose = ASSISTANT_READ) -> dict[str, Any]:
     """Every table of the non-system schemas with its columns' names and types, one query.
 
     ``{"cluster", "tables": [{"schema", "name", "kind", "columns": [{"name", "type"}]}],
     "truncated"}``; at most :data:`MAX_OVERVIEW_TABLES` tables (``truncated`` says so).
     """
-    result = _read(cluster, _OVERVIEW_SQL, max_rows=MAX_OVERVIEW_TABLES)
+    result = _read(cluster, _OVERVIEW_SQL, max_rows=MAX_OVERVIEW_TABLES, purpose=purpose)
     tables = [
         {
             "schema": row["schema"],

@@ -4,14 +4,24 @@ Passwords are encrypted with ``MultiFernet`` over ``PGWARDEN_ENCRYPTION_KEYS``
 (newest key first), so keys rotate without downtime: add a key in front,
 re-encrypt with ``manage.py rotate_encryption_keys``, then drop the old key.
 
-Plaintext lives only inside :class:`Secret`, whose ``repr``/``str`` are masked,
-and every plaintext this process decrypts is remembered so the logging filter
-and :func:`redact` can scrub it from log lines and error messages.
+Plaintext lives only inside :class:`Secret`, whose ``repr``/``str`` are masked.
+
+Two ways to scrub text, for two audiences:
+
+- :func:`redact` is for text anyone may see (tool answers, errors, the admin): it masks
+  passwords inside connection strings (``password=...``, ``scheme://user:password@``) and
+  the secrets the caller names, never by searching for every password the process knows.
+  A search like that is an oracle: PostgreSQL echoes invalid input back
+  (``SELECT 'guess'::int``), so a mask appearing exactly where a guess is right would tell
+  the guesser which one is a password.
+- :func:`redact_known` is for the process's own logs, which only operators read: it also
+  masks every plaintext this process has decrypted (remembered by :class:`Secret`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from functools import lru_cache
 
@@ -102,11 +112,40 @@ def remember(plaintext: str) -> None:
             _known_plaintexts.add(plaintext)
 
 
-def redact(text: str, *extra: str) -> str:
-    """Replace every known plaintext (and ``extra`` ones) in ``text`` with a mask."""
+# password=secret, password = 'it''s', PGPASSWORD=x: libpq's keyword/value form (quoted values
+# may hold spaces, \' and ''), and environment assignments.
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.|'')*'|[^\s'\"]+)", re.IGNORECASE)
+# scheme://user:secret@host (PostgreSQL, Redis, SMTP URLs...).
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^\s:/@]*:)([^\s@/]*)(@)", re.IGNORECASE)
+
+
+def mask_conninfo(text: str) -> str:
+    """``text`` with the passwords of every connection string in it masked."""
+    if "assword" not in text and "ASSWORD" not in text and "://" not in text:
+        return text  # the usual case, kept cheap
+    text = _KEYWORD_PASSWORD.sub(lambda match: match.group(1) + MASK, text)
+    return _URL_PASSWORD.sub(lambda match: match.group(1) + MASK + match.group(3), text)
+
+
+def redact(text: str, *secrets: str) -> str:
+    """``text`` with connection-string passwords and the given ``secrets`` masked.
+
+    Only what the caller names is searched for (see the module docstring): never pass a
+    secret the reader of ``text`` could guess at by putting guesses into it.
+    """
+    text = mask_conninfo(text)
+    wanted = [secret for secret in secrets if len(secret) >= _MIN_REDACT_LENGTH]
+    return _mask(text, wanted)
+
+
+def redact_known(text: str) -> str:
+    """For logs only: :func:`redact` plus every plaintext this process has decrypted."""
     with _known_lock:
         secrets = [*_known_plaintexts]
-    secrets.extend(value for value in extra if len(value) >= _MIN_REDACT_LENGTH)
+    return _mask(mask_conninfo(text), secrets)
+
+
+def _mask(text: str, secrets: list[str]) -> str:
     # Longest first, so a password containing another one is masked whole.
     for secret in sorted(secrets, key=len, reverse=True):
         if secret in text:
@@ -119,11 +158,11 @@ class RedactSecretsFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
+        cleaned = redact_known(message)
         if cleaned != message:
             record.msg, record.args = cleaned, ()
         if record.exc_info and not record.exc_text:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = redact_known(logging.Formatter().formatException(record.exc_info))
         elif record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = redact_known(record.exc_text)
         return True

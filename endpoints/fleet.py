@@ -10,6 +10,7 @@ system user :data:`SYSTEM_USERNAME`; model signals publish them to the routers.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,9 +25,12 @@ from django.utils import timezone
 
 from endpoints import failover as failover_service
 from endpoints import health, routing
+from endpoints.conninfo import ConnectionInfo
 from endpoints.crypto import redact
 from endpoints.models import Cluster, Endpoint, FailoverEvent, HealthCheck, Role
-from endpoints.probe import ProbeResult, check_endpoints
+from endpoints.probe import ProbeResult, probe_async
+from endpoints.purposes import ASSISTANT_READ, Purpose
+from endpoints.topology import ClusterView
 
 SYSTEM_USERNAME = "pgwarden-mcp"
 VIA = "via MCP"
@@ -168,14 +172,14 @@ def failover_event_data(event: FailoverEvent, *, steps: bool = True) -> dict[str
 # Live probes
 
 
-def _database_entry(endpoint: Endpoint, result: ProbeResult) -> dict[str, Any]:
+def _database_entry(endpoint: Endpoint, user: str, result: ProbeResult) -> dict[str, Any]:
     return {
         "name": endpoint.name,
         "role": endpoint.role,
         "host": endpoint.host,
         "port": endpoint.port,
         "database": endpoint.dbname,
-        "user": endpoint.user,
+        "user": user,
         "sslmode": endpoint.sslmode,
         "enabled": endpoint.enabled,
         "reachable": result.ok,
@@ -189,14 +193,45 @@ def _database_entry(endpoint: Endpoint, result: ProbeResult) -> dict[str, Any]:
     }
 
 
-def database_info(cluster: str) -> dict[str, Any]:
-    """Probe every endpoint now, all at once (each bounded by the connect timeout)."""
+def database_info(cluster: str, *, purpose: Purpose = ASSISTANT_READ) -> dict[str, Any]:
+    """Probe every endpoint now, all at once (each bounded by the connect timeout).
+
+    Each probe connects as ``purpose``'s role (the assistant's unless named), with the
+    settings its sessions carry, exactly as that purpose's routed queries do.
+    """
     found = get_cluster(cluster)
     endpoints = _primary_first(found.endpoints.select_related("cluster"))
+    view = routing.get_router(purpose).topology.current().cluster(found.name)
+    connections = [_purpose_connection(view, endpoint) for endpoint in endpoints]
+    results = asyncio.run(_probe_all(connections, float(found.connect_timeout_s)))
     return {
         "cluster": found.name,
-        "endpoints": [_database_entry(e, result) for e, result in check_endpoints(endpoints)],
+        "endpoints": [
+            _database_entry(endpoint, info.user if not isinstance(info, str) else "", result)
+            for endpoint, info, result in zip(endpoints, connections, results, strict=True)
+        ],
     }
+
+
+def _purpose_connection(view: ClusterView | None, endpoint: Endpoint) -> ConnectionInfo | str:
+    """How ``view``'s purpose connects to ``endpoint``, or why it cannot (a message)."""
+    seen = view.by_name.get(endpoint.name) if view is not None else None
+    if seen is None:
+        return "not in this process's view of the cluster yet; try again in a second"
+    if seen.connection is None:
+        return seen.unusable or "no connection settings"
+    return seen.connection
+
+
+async def _probe_all(
+    connections: list[ConnectionInfo | str], timeout_s: float
+) -> list[ProbeResult]:
+    async def one(info: ConnectionInfo | str) -> ProbeResult:
+        if isinstance(info, str):
+            return ProbeResult(ok=False, error=info)
+        return await probe_async(info, timeout_s)
+
+    return list(await asyncio.gather(*(one(info) for info in connections)))
 
 
 # Status
@@ -534,12 +569,16 @@ def add_endpoint(
 ) -> dict[str, Any]:
     """Register a new endpoint, validated as the admin validates it, and log it.
 
-    ``dbname``, ``user``, ``password`` and ``sslmode`` (with its root certificate)
-    left out are taken from the cluster's enabled primary, so a replica can be added
-    without knowing the password. Raises :class:`InvalidInput`.
+    ``dbname``, ``user`` and ``sslmode`` (with its root certificate) left out are taken
+    from the endpoint already registered at the same host and port, else from the
+    cluster's enabled primary. A stored password is copied only from an endpoint at the
+    same address: a password never goes to an address it was not registered for, so a
+    new address needs its own (``password``; ``""`` for none). Raises
+    :class:`InvalidInput`.
     """
     found = get_cluster(cluster)
-    template = _enabled_primary(found)
+    same_address = _registered_at(found, host, port)
+    template = same_address or _enabled_primary(found)
     connection, inherited = _connection_settings(
         template, {"dbname": dbname, "user": user, "sslmode": sslmode, "sslrootcert": sslrootcert}
     )
@@ -556,11 +595,16 @@ def add_endpoint(
         **connection,
     )
     errors: dict[str, list[str]] = {}
-    if password is None:
+    if password is None and same_address is not None:
         # The token itself: the password is never decrypted to be copied.
-        endpoint.password_encrypted = template.password_encrypted if template else ""
-        if template is not None:
-            inherited.append("password")
+        endpoint.password_encrypted = same_address.password_encrypted
+        inherited.append("password")
+    elif password is None:
+        if template is not None and template.has_password:
+            errors["password"] = [
+                f"{host}:{port} is a new address in cluster {found.name!r}: give its password "
+                "(a stored password is only reused for the address it was registered for)"
+            ]
     elif isinstance(password, str):
         endpoint.set_password(password)
     else:
@@ -568,7 +612,8 @@ def add_endpoint(
     _validate(endpoint, errors)
     message = f"Added {VIA}: {endpoint.role} at {endpoint.host}:{endpoint.port}"
     if template is not None and inherited:
-        message += f"; {', '.join(inherited)} from primary {template.name!r}"
+        source = "endpoint" if template is same_address else "primary"
+        message += f"; {', '.join(inherited)} from {source} {template.name!r}"
     try:
         with transaction.atomic():
             endpoint.save()
@@ -577,6 +622,13 @@ def add_endpoint(
         _validate(endpoint)  # added meanwhile with the same name (or primary role): say so
         raise
     return endpoint_data(endpoint)
+
+
+def _registered_at(cluster: Cluster, host: Any, port: Any) -> Endpoint | None:
+    """The endpoint of ``cluster`` at exactly this host and port, if there is one."""
+    if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
+        return None
+    return cluster.endpoints.filter(host=host, port=port).order_by("pk").first()
 
 
 def _locked_endpoint(cluster: Cluster, name: str) -> Endpoint:

@@ -4,6 +4,13 @@ Each checks its arguments and the SQL (:mod:`endpoints.sqlguard`), runs it throu
 routing service (:mod:`endpoints.routing`) and returns plain JSON-safe data
 (:mod:`endpoints.jsonsafe`). Reads run in a ``READ ONLY`` transaction that is rolled back, so
 the server refuses writes that the SQL text does not show (a view calling a writing function).
+
+Every statement goes through an assistant router (``purpose``: the cluster's assistant role
+for reads, its assistant write role for writes, see :mod:`endpoints.purposes`), whose
+sessions send SQL over the extended query protocol only (one statement, whatever the text
+hides) with ``standard_conforming_strings`` on and a ``lock_timeout``. Results are bounded
+while they are read: ``max_rows``, and for a SELECT ``max_bytes`` applied by the server as
+it produces rows, so a huge result never reaches this process.
 Errors: ``ValueError`` for bad arguments, :class:`sqlguard.Refused` for refused SQL, and the
 routing errors (``QueryError``, ``WriteOutcomeUnknown``...) unchanged, except that a failed
 transaction says which statement failed and that nothing was committed.
@@ -19,13 +26,14 @@ import psycopg
 from psycopg import sql as pgsql
 
 from endpoints import routing, sqlguard
+from endpoints.classify import classify
 from endpoints.jsonsafe import shape_rows, to_json
 from endpoints.pools import watchdog
+from endpoints.purposes import ASSISTANT_READ, ASSISTANT_WRITE, Purpose
 
 DEFAULT_MAX_ROWS = 500
 MAX_ROWS_LIMIT = 10_000
 DEFAULT_TIMEOUT_MS = 30_000
-MAX_TIMEOUT_MS = 600_000
 DEFAULT_MAX_BYTES = 1_000_000
 MAX_BYTES_LIMIT = 50_000_000
 MAX_TRANSACTION_STATEMENTS = 100
@@ -42,15 +50,18 @@ def read_query(
     max_rows: int = DEFAULT_MAX_ROWS,
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    purpose: Purpose = ASSISTANT_READ,
 ) -> dict[str, Any]:
     """Run one read-only statement; at most ``max_rows`` rows and ``max_bytes`` of JSON.
 
+    A SELECT stops on the server once its rows pass ``max_bytes`` (in their text form), so
+    this process never holds more than about that much of a result, whatever the query.
     Returns ``{"columns": [{"name", "type"}], "rows", "row_count", "truncated", "endpoint",
     "role", "elapsed_ms"}``.
     """
     _check_statement(cluster, sql, params)
     _check_int("max_rows", max_rows, MAX_ROWS_LIMIT)
-    _check_int("timeout_ms", timeout_ms, MAX_TIMEOUT_MS)
+    _check_int("timeout_ms", timeout_ms, max_timeout_ms())
     _check_int("max_bytes", max_bytes, MAX_BYTES_LIMIT)
     sqlguard.check_read(sql, has_params=params is not None)
     result = routing.execute(
@@ -66,6 +77,8 @@ def read_query(
         read_preference=read_preference,
         timeout_ms=timeout_ms,
         max_rows=max_rows,
+        max_bytes=max_bytes,
+        purpose=purpose,
     )
     rows, cut = shape_rows(result.rows, max_bytes)
     return {
@@ -80,7 +93,12 @@ def read_query(
 
 
 def write_statement(
-    cluster: str, sql: str, params: Params = None, *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+    cluster: str,
+    sql: str,
+    params: Params = None,
+    *,
+    timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    purpose: Purpose = ASSISTANT_WRITE,
 ) -> dict[str, Any]:
     """Run one statement that may write, on the primary, and commit it.
 
@@ -92,10 +110,16 @@ def write_statement(
     ``routing.WriteOutcomeUnknown``: the write may or may not have been applied.
     """
     _check_statement(cluster, sql, params)
-    _check_int("timeout_ms", timeout_ms, MAX_TIMEOUT_MS)
+    _check_int("timeout_ms", timeout_ms, max_timeout_ms())
     sqlguard.check_write(sql, has_params=params is not None)
     result = routing.execute(
-        cluster, sql, params, intent="write", timeout_ms=timeout_ms, max_rows=DEFAULT_MAX_ROWS
+        cluster,
+        sql,
+        params,
+        intent="write",
+        timeout_ms=timeout_ms,
+        max_rows=DEFAULT_MAX_ROWS,
+        purpose=purpose,
     )
     rows, cut = shape_rows(result.rows, DEFAULT_MAX_BYTES)
     return {
@@ -112,7 +136,11 @@ def write_statement(
 
 
 def write_transaction(
-    cluster: str, statements: list[dict[str, Any]], *, timeout_ms: int = DEFAULT_TIMEOUT_MS
+    cluster: str,
+    statements: list[dict[str, Any]],
+    *,
+    timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    purpose: Purpose = ASSISTANT_WRITE,
 ) -> dict[str, Any]:
     """Run ``[{"sql": ..., "params": ...}, ...]`` in one transaction on the primary.
 
@@ -121,10 +149,10 @@ def write_transaction(
     "status", "rows", "truncated"}], "endpoint", "role", "elapsed_ms", "lsn"}``.
     """
     _check_cluster(cluster)
-    _check_int("timeout_ms", timeout_ms, MAX_TIMEOUT_MS)
+    _check_int("timeout_ms", timeout_ms, max_timeout_ms())
     pairs = _transaction_statements(statements)
     try:
-        results = routing.transaction(cluster, pairs, timeout_ms=timeout_ms)
+        results = routing.transaction(cluster, pairs, timeout_ms=timeout_ms, purpose=purpose)
     except routing.QueryError as exc:
         raise _nothing_committed(exc) from None
     done = []
@@ -160,38 +188,49 @@ def explain(
     allow_writes: bool = False,
     read_preference: str | None = None,
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    purpose: Purpose = ASSISTANT_READ,
+    write_purpose: Purpose = ASSISTANT_WRITE,
 ) -> dict[str, Any]:
     """The plan of one statement, as ``EXPLAIN (FORMAT JSON)`` gives it.
 
     Without ``analyze`` the statement is only planned, which reads whatever it is. With
     ``analyze`` it runs: a read in a READ ONLY transaction; a write only with
     ``allow_writes``, on the primary, in a transaction that is rolled back (reads follow
-    ``read_preference``). Returns
+    ``read_preference``), as ``write_purpose``'s role. Returns
     ``{"plan": [...], "analyzed", "rolled_back", "endpoint", "role", "elapsed_ms"}``.
     """
     _check_statement(cluster, sql, params)
     _check_bool("analyze", analyze)
     _check_bool("allow_writes", allow_writes)
-    _check_int("timeout_ms", timeout_ms, MAX_TIMEOUT_MS)
+    _check_int("timeout_ms", timeout_ms, max_timeout_ms())
     has_params = params is not None
     how = sqlguard.check_explain(
         sql, has_params=has_params, analyze=analyze, allow_writes=allow_writes
     )
     text = f"EXPLAIN ({'ANALYZE, ' if analyze else ''}FORMAT JSON) {sql}"
     if how == "read":
-        result = routing.execute(
-            cluster,
-            text,
-            params,
-            intent="read",
-            read_only=True,
-            read_preference=read_preference,
-            timeout_ms=timeout_ms,
-        )
+        # Planning a write needs the privilege to run it: the write role has it.
+        writes = not classify(sql, client_placeholders=has_params).is_read
+        planner = write_purpose if writes and allow_writes else purpose
+        try:
+            result = routing.execute(
+                cluster,
+                text,
+                params,
+                intent="read",
+                read_only=True,
+                read_preference=read_preference,
+                timeout_ms=timeout_ms,
+                purpose=planner,
+            )
+        except routing.QueryError as exc:
+            raise _planning_hint(exc, writes and planner is purpose) from None
         plan = next(iter(result.rows[0].values()))
         endpoint, role, elapsed_ms = result.endpoint, result.role, result.elapsed_ms
     else:
-        plan, endpoint, elapsed_ms = _explain_rolled_back(cluster, text, params, timeout_ms)
+        plan, endpoint, elapsed_ms = _explain_rolled_back(
+            cluster, text, params, timeout_ms, write_purpose
+        )
         role = "primary"
     return {
         "plan": to_json(plan),
@@ -208,14 +247,14 @@ def explain(
 
 
 def _explain_rolled_back(
-    cluster: str, text: str, params: Params, timeout_ms: int
+    cluster: str, text: str, params: Params, timeout_ms: int, purpose: Purpose
 ) -> tuple[Any, str, float]:
     """Run ``text`` on the primary in a transaction that is always rolled back."""
     started = time.perf_counter()
     endpoint = "primary"
     try:
-        with routing.connection(cluster, intent="write") as conn:
-            endpoint = _endpoint_name(cluster, conn)
+        with routing.connection(cluster, intent="write", purpose=purpose) as conn:
+            endpoint = _endpoint_name(cluster, conn, purpose)
             # The raw connection has no watchdog of its own: cut it if the server hangs.
             watchdog.arm(conn, timeout_ms / 1000 + routing.WATCHDOG_GRACE_S)
             try:
@@ -225,7 +264,8 @@ def _explain_rolled_back(
                             pgsql.Literal(f"{timeout_ms}ms")
                         )
                     )
-                    row = conn.execute(text, params).fetchone()
+                    # Never the simple protocol: it would run whatever follows a ";".
+                    row = routing.extended_cursor(conn).execute(text, params).fetchone()
             finally:
                 watchdog.disarm(conn)
     except psycopg.Error as exc:
@@ -237,9 +277,9 @@ def _explain_rolled_back(
     return row[0], endpoint, (time.perf_counter() - started) * 1000
 
 
-def _endpoint_name(cluster: str, conn: psycopg.Connection[Any]) -> str:
+def _endpoint_name(cluster: str, conn: psycopg.Connection[Any], purpose: Purpose) -> str:
     # routing.connection() does not say which endpoint it chose: match the address.
-    view = routing.get_router().topology.current().cluster(cluster)
+    view = routing.get_router(purpose).topology.current().cluster(cluster)
     for endpoint in view.endpoints if view is not None else ():
         info = endpoint.connection
         if info is not None and (info.host, info.port) == (conn.info.host, conn.info.port):
@@ -255,6 +295,24 @@ def _columns(result: routing.QueryResult) -> list[dict[str, str]]:
         {"name": name, "type": type_name}
         for name, type_name in zip(result.columns, result.column_types, strict=True)
     ]
+
+
+def _planning_hint(exc: routing.QueryError, write_as_reader: bool) -> routing.QueryError:
+    """``exc``, with a hint when the read role lacked the privilege to plan a write."""
+    if not write_as_reader or exc.sqlstate != _INSUFFICIENT_PRIVILEGE or exc.hint:
+        return exc
+    return routing.QueryError(
+        exc.message,
+        sqlstate=exc.sqlstate,
+        endpoint=exc.endpoint,
+        detail=exc.detail,
+        hint="PostgreSQL plans a write only for a role that may run it, and the assistant "
+        "role only reads; with writes allowed (run_mcp --allow-writes) it is planned as the "
+        "assistant write role",
+    )
+
+
+_INSUFFICIENT_PRIVILEGE = "42501"
 
 
 def _nothing_committed(exc: routing.QueryError) -> routing.QueryError:
@@ -275,6 +333,11 @@ def _nothing_committed(exc: routing.QueryError) -> routing.QueryError:
 
 
 # Arguments
+
+
+def max_timeout_ms() -> int:
+    """The largest ``timeout_ms`` an assistant may ask for (PGWARDEN_MCP_MAX_TIMEOUT_MS)."""
+    return routing.assistant_limits().max_timeout_ms
 
 
 def _transaction_statements(statements: Any) -> list[tuple[str, Params]]:
@@ -362,9 +425,9 @@ __all__ = [
     "DEFAULT_TIMEOUT_MS",
     "MAX_BYTES_LIMIT",
     "MAX_ROWS_LIMIT",
-    "MAX_TIMEOUT_MS",
     "MAX_TRANSACTION_STATEMENTS",
     "explain",
+    "max_timeout_ms",
     "read_query",
     "write_statement",
     "write_transaction",

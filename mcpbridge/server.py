@@ -10,10 +10,18 @@ Which tools exist depends on what the operator allowed (:class:`BridgeConfig`):
 reads always; ``execute``, ``transaction`` and ``explain(analyze)`` of a write
 with writes allowed; ``check_health``, ``failover`` and the endpoint edits with
 admin allowed. A tool that is not allowed is not listed at all.
+
+Least privilege: ``--cluster`` is a scope (any other cluster is refused), and tools that
+run SQL connect with the cluster's assistant role (writes: its assistant write role),
+never with the operations role, as :class:`endpoints.assistant.AccessPolicy` decides. The
+SQL read tools are listed only when some cluster in scope has a usable role; the write
+tools likewise. At most ``max_concurrent_queries`` SQL tool calls run at once; more are
+refused as busy at once. With ``allow_unsafe`` every answer carries a ``warning``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator
@@ -29,10 +37,10 @@ from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from endpoints import catalog, fleet, queries, routing
+from endpoints.assistant import UNSAFE_FLAG, Access, AccessPolicy, AccessRefused, QuerySlots
 from endpoints.crypto import redact
 from endpoints.failover import FailoverError
 from endpoints.models import Cluster
-from endpoints.sqlguard import Refused
 from mcpbridge.stdio import stdio_streams
 
 logger = logging.getLogger("pgwarden.mcp")
@@ -48,11 +56,23 @@ when the operator allowed them."""
 
 @dataclass(frozen=True)
 class BridgeConfig:
-    """What the operator allowed, and the cluster used when a tool names none."""
+    """What the operator allowed, and the cluster a tool uses when it names none.
 
-    cluster: str | None = None
+    ``scope``: the only cluster served (``--cluster``); None serves every cluster, and
+    ``default`` is then the one a tool uses when it names none (the only cluster, if there
+    is one). ``sql_reads``/``sql_writes``: whether any cluster in scope may be read/written
+    by SQL (the start-up checks say). ``allow_unsafe``: serve clusters whose assistant role
+    is missing or privileged anyway, saying so in every answer.
+    """
+
+    scope: str | None = None
     allow_writes: bool = False
     allow_admin: bool = False
+    allow_unsafe: bool = False
+    default: str | None = None
+    sql_reads: bool = True
+    sql_writes: bool = True
+    max_concurrent_queries: int = 4
 
 
 # Argument types: the descriptions end up in each tool's input schema.
@@ -85,59 +105,106 @@ MaxRows = Annotated[
 ]
 TimeoutMs = Annotated[
     int,
-    Field(description="Statement timeout on the server, in milliseconds.", ge=1, le=3_600_000),
+    Field(
+        description="Statement timeout on the server, in milliseconds; at most the server's "
+        "PGWARDEN_MCP_MAX_TIMEOUT_MS (60000 unless configured).",
+        ge=1,
+        le=3_600_000,
+    ),
 ]
 EndpointName = Annotated[str, Field(description="Endpoint name, as registered.", min_length=1)]
 
 
 class _Bridge:
-    def __init__(self, config: BridgeConfig) -> None:
+    def __init__(self, config: BridgeConfig, policy: AccessPolicy) -> None:
         self.config = config
+        self.policy = policy
+        self.slots = QuerySlots(config.max_concurrent_queries)
 
     def cluster(self, name: str | None) -> str:
-        """The cluster a call is about: its argument, else the default, else the only one."""
+        """The cluster a call is about: its argument, else the default, else the only one.
+
+        A cluster outside the server's scope (``--cluster``) is refused.
+        """
+        scope = self.config.scope
         if name:
+            if scope is not None and name != scope:
+                raise ToolError(
+                    f"cluster: {name!r} is out of scope: this server serves only cluster "
+                    f"{scope!r} (run_mcp --cluster {scope})"
+                )
             return name
-        if self.config.cluster:
-            return self.config.cluster
+        if scope is not None:
+            return scope
+        if self.config.default:
+            return self.config.default
         names = list(Cluster.objects.order_by("name").values_list("name", flat=True))
         if len(names) == 1:
             return names[0]
         known = ", ".join(names) if names else "none is registered"
         raise ToolError(f"cluster: no default cluster, so name one (known: {known})")
 
+    def access(self, name: str | None, *, writes: bool = False) -> Access:
+        """How a SQL tool reaches the cluster: its assistant role, checked (AccessRefused)."""
+        return self.policy.access(self.cluster(name), writes=writes)
+
+    def answer(self, result: dict[str, Any], access: Access | None = None) -> dict[str, Any]:
+        """``result`` with the unsafe-mode warning every answer carries when it applies."""
+        warning = (access.warning if access is not None else "") or self._general_warning()
+        if warning:
+            return {**result, "warning": warning}
+        return result
+
+    def warning(self) -> str:
+        """What every answer (and error) says in unsafe mode; empty otherwise."""
+        return self._general_warning()
+
+    def _general_warning(self) -> str:
+        if not self.config.allow_unsafe:
+            return ""
+        return (
+            f"UNSAFE: this server was started with {UNSAFE_FLAG}: clusters without a "
+            "least-privilege assistant role are served with privileged roles"
+        )
+
 
 @contextmanager
-def _tool_errors(tool: str) -> Iterator[None]:
-    """Turn pgwarden's errors into tool errors whose message the client sees."""
+def _tool_errors(tool: str, warning: str = "") -> Iterator[None]:
+    """Turn pgwarden's errors into tool errors whose message the client sees.
+
+    ``warning`` (the unsafe mode's) starts every error message, as it is in every answer.
+    """
     close_old_connections()
     try:
         yield
-    except ToolError:
-        raise
-    except Refused as exc:
-        raise ToolError(redact(str(exc))) from None
-    except routing.WriteOutcomeUnknown as exc:
-        raise ToolError(f"write outcome unknown: {redact(str(exc))}") from None
-    except routing.RoutingError as exc:
-        # QueryError (PostgreSQL's message and SQLSTATE), NoEndpointAvailable (each
-        # endpoint's reason), ClusterNotFound (the known clusters).
-        raise ToolError(redact(str(exc))) from None
-    except FailoverError as exc:
-        raise ToolError(f"failover refused: {redact(str(exc))}") from None
-    except ValidationError as exc:
-        raise ToolError(f"invalid input: {redact('; '.join(_messages(exc)))}") from None
-    except (ValueError, TypeError, LookupError) as exc:
-        raise ToolError(f"invalid argument: {redact(str(exc))}") from None
     except Exception as exc:
-        # A bug or an outage we did not foresee: the log gets the traceback (secrets
-        # scrubbed by the logging filter), the client one line.
-        logger.exception("tool %s failed", tool)
-        raise ToolError(
-            f"{tool} failed: {type(exc).__name__} (details in the server's log)"
-        ) from None
+        error = exc if isinstance(exc, ToolError) else _as_tool_error(tool, exc)
+        if warning:
+            raise ToolError(f"{warning}. {error}") from None
+        raise error from None
     finally:
         close_old_connections()
+
+
+def _as_tool_error(tool: str, exc: Exception) -> ToolError:
+    """One clear line for the client; connection-string passwords masked."""
+    if isinstance(exc, routing.WriteOutcomeUnknown):
+        return ToolError(f"write outcome unknown: {redact(str(exc))}")
+    if isinstance(exc, routing.RoutingError):
+        # Refused (the guard), QueryError (PostgreSQL's message and SQLSTATE),
+        # NoEndpointAvailable (each endpoint's reason), ClusterNotFound (the known
+        # clusters), AccessRefused (what role to create), AssistantBusy.
+        return ToolError(redact(str(exc)))
+    if isinstance(exc, FailoverError):
+        return ToolError(f"failover refused: {redact(str(exc))}")
+    if isinstance(exc, ValidationError):
+        return ToolError(f"invalid input: {redact('; '.join(_messages(exc)))}")
+    if isinstance(exc, ValueError | TypeError | LookupError):
+        return ToolError(f"invalid argument: {redact(str(exc))}")
+    # A bug or an outage we did not foresee: the log gets the traceback (secrets scrubbed by
+    # the logging filter), the client one line.
+    logger.error("tool %s failed", tool, exc_info=exc)
+    return ToolError(f"{tool} failed: {type(exc).__name__} (details in the server's log)")
 
 
 def _messages(exc: ValidationError) -> list[str]:
@@ -162,12 +229,18 @@ class PgwardenServer(MCPServer):
             await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
 
-def build_server(config: BridgeConfig) -> PgwardenServer:
-    """The MCP server for ``config``: its tools, and the cluster resources."""
+def build_server(config: BridgeConfig, policy: AccessPolicy | None = None) -> PgwardenServer:
+    """The MCP server for ``config``: its tools, and the cluster resources.
+
+    ``policy`` decides which role each SQL tool call uses (one that allows nothing unsafe,
+    unless ``config.allow_unsafe``, when none is given).
+    """
     server = PgwardenServer(name="pgwarden", instructions=INSTRUCTIONS)
-    bridge = _Bridge(config)
-    _add_read_tools(server, bridge)
-    if config.allow_writes:
+    bridge = _Bridge(config, policy or AccessPolicy(allow_unsafe=config.allow_unsafe))
+    if config.sql_reads:
+        _add_sql_read_tools(server, bridge)
+    _add_fleet_read_tools(server, bridge)
+    if config.allow_writes and config.sql_writes:
         _add_write_tools(server, bridge)
     if config.allow_admin:
         _add_admin_tools(server, bridge)
@@ -175,7 +248,7 @@ def build_server(config: BridgeConfig) -> PgwardenServer:
     return server
 
 
-def _add_read_tools(server: MCPServer, bridge: _Bridge) -> None:
+def _add_sql_read_tools(server: MCPServer, bridge: _Bridge) -> None:
     allow_writes = bridge.config.allow_writes
 
     @server.tool(annotations=READ)
@@ -191,18 +264,23 @@ def _add_read_tools(server: MCPServer, bridge: _Bridge) -> None:
 
         The statement must be a read (SELECT, VALUES, TABLE, SHOW, EXPLAIN): anything
         else is refused before it is sent, as are functions that read server files or
-        reach other servers. It runs in a READ ONLY transaction that is always rolled
-        back, with the statement timeout set. Values come back JSON-safe: numeric as
-        strings, timestamps in ISO 8601, bytea in base64, json as values.
+        reach other servers and catalogs or settings that hold secrets. It runs in a READ
+        ONLY transaction that is always rolled back, with the statement timeout set, as
+        the cluster's least-privilege assistant role. Values come back JSON-safe: numeric
+        as strings, timestamps in ISO 8601, bytea in base64, json as values.
         """
-        with _tool_errors("query"):
-            return queries.read_query(
-                bridge.cluster(cluster),
-                sql,
-                params,
-                read_preference=read_preference,
-                max_rows=max_rows,
-                timeout_ms=timeout_ms,
+        with _sql_call(bridge, "query", cluster) as access:
+            return bridge.answer(
+                queries.read_query(
+                    access.cluster,
+                    sql,
+                    params,
+                    read_preference=read_preference,
+                    max_rows=max_rows,
+                    timeout_ms=timeout_ms,
+                    purpose=access.purpose,
+                ),
+                access,
             )
 
     @server.tool(annotations=READ)
@@ -217,22 +295,36 @@ def _add_read_tools(server: MCPServer, bridge: _Bridge) -> None:
             ),
         ] = False,
         cluster: ClusterName = None,
+        timeout_ms: TimeoutMs = queries.DEFAULT_TIMEOUT_MS,
     ) -> dict[str, Any]:
         """The query plan of one statement, as PostgreSQL's JSON plan."""
-        with _tool_errors("explain"):
-            return queries.explain(
-                bridge.cluster(cluster),
-                sql,
-                params,
-                analyze=analyze,
-                allow_writes=allow_writes,
+        with _sql_call(bridge, "explain", cluster) as access:
+            write_purpose = access.purpose
+            if allow_writes:
+                # Used only if the statement writes (to plan it, or to run and roll it back);
+                # without a write role the read role's session refuses it.
+                with contextlib.suppress(AccessRefused):
+                    write_purpose = bridge.access(access.cluster, writes=True).purpose
+            return bridge.answer(
+                queries.explain(
+                    access.cluster,
+                    sql,
+                    params,
+                    analyze=analyze,
+                    allow_writes=allow_writes,
+                    timeout_ms=timeout_ms,
+                    purpose=access.purpose,
+                    write_purpose=write_purpose,
+                ),
+                access,
             )
 
     @server.tool(annotations=READ)
     def list_schemas(cluster: ClusterName = None) -> dict[str, Any]:
         """The cluster's schemas (system schemas left out), with their owner and table count."""
-        with _tool_errors("list_schemas"):
-            return {"schemas": catalog.list_schemas(bridge.cluster(cluster))}
+        with _sql_call(bridge, "list_schemas", cluster) as access:
+            schemas = catalog.list_schemas(access.cluster, purpose=access.purpose)
+            return bridge.answer({"schemas": schemas}, access)
 
     @server.tool(annotations=READ)
     def list_tables(
@@ -242,8 +334,9 @@ def _add_read_tools(server: MCPServer, bridge: _Bridge) -> None:
         cluster: ClusterName = None,
     ) -> dict[str, Any]:
         """Tables, views and materialized views, with their kind and estimated row count."""
-        with _tool_errors("list_tables"):
-            return {"tables": catalog.list_tables(bridge.cluster(cluster), schema)}
+        with _sql_call(bridge, "list_tables", cluster) as access:
+            tables = catalog.list_tables(access.cluster, schema, purpose=access.purpose)
+            return bridge.answer({"tables": tables}, access)
 
     @server.tool(annotations=READ)
     def describe_table(
@@ -252,20 +345,37 @@ def _add_read_tools(server: MCPServer, bridge: _Bridge) -> None:
         cluster: ClusterName = None,
     ) -> dict[str, Any]:
         """A table's columns (type, nullability, default), keys, foreign keys and indexes."""
-        with _tool_errors("describe_table"):
-            return catalog.describe_table(bridge.cluster(cluster), table, schema)
+        with _sql_call(bridge, "describe_table", cluster) as access:
+            described = catalog.describe_table(
+                access.cluster, table, schema, purpose=access.purpose
+            )
+            return bridge.answer(described, access)
 
     @server.tool(annotations=READ)
     def database_info(cluster: ClusterName = None) -> dict[str, Any]:
         """Per endpoint: server version, database, user, connections, role, pool settings."""
-        with _tool_errors("database_info"):
-            return fleet.database_info(bridge.cluster(cluster))
+        with _sql_call(bridge, "database_info", cluster) as access:
+            info = fleet.database_info(access.cluster, purpose=access.purpose)
+            return bridge.answer(info, access)
 
+
+@contextmanager
+def _sql_call(
+    bridge: _Bridge, tool: str, cluster: str | None, *, writes: bool = False
+) -> Iterator[Access]:
+    """A SQL tool call: its errors as tool errors, its access checked, a query slot held."""
+    with _tool_errors(tool, bridge.warning()):
+        access = bridge.access(cluster, writes=writes)
+        with bridge.slots.slot():
+            yield access
+
+
+def _add_fleet_read_tools(server: MCPServer, bridge: _Bridge) -> None:
     @server.tool(annotations=READ)
     def cluster_status(cluster: ClusterName = None) -> dict[str, Any]:
         """Endpoints with role, state, health score, latency, lag, circuit and pool; totals."""
-        with _tool_errors("cluster_status"):
-            return fleet.cluster_status(bridge.cluster(cluster))
+        with _tool_errors("cluster_status", bridge.warning()):
+            return bridge.answer(fleet.cluster_status(bridge.cluster(cluster)))
 
     @server.tool(annotations=READ)
     def health_history(
@@ -277,9 +387,11 @@ def _add_read_tools(server: MCPServer, bridge: _Bridge) -> None:
         limit: Annotated[int, Field(description="At most this many checks.", ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """An endpoint's recent health checks, newest first, with a summary."""
-        with _tool_errors("health_history"):
-            return fleet.health_history(
-                bridge.cluster(cluster), endpoint, since_minutes=since_minutes, limit=limit
+        with _tool_errors("health_history", bridge.warning()):
+            return bridge.answer(
+                fleet.health_history(
+                    bridge.cluster(cluster), endpoint, since_minutes=since_minutes, limit=limit
+                )
             )
 
 
@@ -293,12 +405,16 @@ def _add_write_tools(server: MCPServer, bridge: _Bridge) -> None:
     ) -> dict[str, Any]:
         """Run one statement on the primary and commit it: rows_affected, RETURNING rows.
 
-        If the connection is lost after the statement was sent, the outcome is unknown
-        and reported as such: it is never retried.
+        It runs as the cluster's assistant write role. If the connection is lost after the
+        statement was sent, the outcome is unknown and reported as such: it is never
+        retried.
         """
-        with _tool_errors("execute"):
-            return queries.write_statement(
-                bridge.cluster(cluster), sql, params, timeout_ms=timeout_ms
+        with _sql_call(bridge, "execute", cluster, writes=True) as access:
+            return bridge.answer(
+                queries.write_statement(
+                    access.cluster, sql, params, timeout_ms=timeout_ms, purpose=access.purpose
+                ),
+                access,
             )
 
     @server.tool(annotations=WRITE)
@@ -315,18 +431,23 @@ def _add_write_tools(server: MCPServer, bridge: _Bridge) -> None:
         timeout_ms: TimeoutMs = queries.DEFAULT_TIMEOUT_MS,
     ) -> dict[str, Any]:
         """Run statements atomically on the primary; on an error, nothing is committed."""
-        with _tool_errors("transaction"):
-            return queries.write_transaction(
-                bridge.cluster(cluster), statements, timeout_ms=timeout_ms
+        with _sql_call(bridge, "transaction", cluster, writes=True) as access:
+            return bridge.answer(
+                queries.write_transaction(
+                    access.cluster, statements, timeout_ms=timeout_ms, purpose=access.purpose
+                ),
+                access,
             )
 
 
 def _add_admin_tools(server: MCPServer, bridge: _Bridge) -> None:
+    warning = bridge.warning()
+
     @server.tool(annotations=READ)
     def check_health(cluster: ClusterName = None) -> dict[str, Any]:
         """Probe every endpoint of the cluster now and record the results."""
-        with _tool_errors("check_health"):
-            return fleet.check_health(bridge.cluster(cluster))
+        with _tool_errors("check_health", warning):
+            return bridge.answer(fleet.check_health(bridge.cluster(cluster)))
 
     @server.tool(annotations=OPERATE)
     def failover(
@@ -343,14 +464,21 @@ def _add_admin_tools(server: MCPServer, bridge: _Bridge) -> None:
             ),
         ] = False,
     ) -> dict[str, Any]:
-        """Promote a replica to primary now (or switch over gracefully); fences the old one."""
-        with _tool_errors("failover"):
-            return fleet.failover(bridge.cluster(cluster), to=to, switchover=switchover)
+        """Promote a replica to primary now (or switch over gracefully); fences the old one.
+
+        Only a replica seen streaming from the current primary can be promoted.
+        """
+        with _tool_errors("failover", warning):
+            return bridge.answer(
+                fleet.failover(bridge.cluster(cluster), to=to, switchover=switchover)
+            )
 
     @server.tool(annotations=OPERATE)
     def add_endpoint(
         name: EndpointName,
-        host: Annotated[str, Field(description="Host name or address.", min_length=1)],
+        host: Annotated[
+            str, Field(description="One host name or IP address (no socket path).", min_length=1)
+        ],
         port: Annotated[int, Field(description="TCP port.", ge=1, le=65535)] = 5432,
         role: Annotated[str, Field(description="primary or replica.")] = "replica",
         weight: Annotated[
@@ -362,31 +490,36 @@ def _add_admin_tools(server: MCPServer, bridge: _Bridge) -> None:
         user: Annotated[str | None, Field(description="User; omitted: the primary's.")] = None,
         password: Annotated[
             str | None,
-            Field(description="Password; omitted: the primary's. Stored encrypted."),
+            Field(
+                description="Password, stored encrypted. Required for a new address: a "
+                "stored password is reused only for the host and port it was registered for."
+            ),
         ] = None,
         enabled: Annotated[bool, Field(description="Take traffic at once.")] = True,
         cluster: ClusterName = None,
     ) -> dict[str, Any]:
         """Register an endpoint in the cluster (validated as the admin does; logged)."""
-        with _tool_errors("add_endpoint"):
-            return fleet.add_endpoint(
-                bridge.cluster(cluster),
-                name=name,
-                host=host,
-                port=port,
-                role=role,
-                weight=weight,
-                dbname=dbname,
-                user=user,
-                password=password,
-                enabled=enabled,
+        with _tool_errors("add_endpoint", warning):
+            return bridge.answer(
+                fleet.add_endpoint(
+                    bridge.cluster(cluster),
+                    name=name,
+                    host=host,
+                    port=port,
+                    role=role,
+                    weight=weight,
+                    dbname=dbname,
+                    user=user,
+                    password=password,
+                    enabled=enabled,
+                )
             )
 
     @server.tool(annotations=OPERATE)
     def remove_endpoint(name: EndpointName, cluster: ClusterName = None) -> dict[str, Any]:
         """Remove an endpoint (not the primary): routers drain and close its pools."""
-        with _tool_errors("remove_endpoint"):
-            return fleet.remove_endpoint(bridge.cluster(cluster), name)
+        with _tool_errors("remove_endpoint", warning):
+            return bridge.answer(fleet.remove_endpoint(bridge.cluster(cluster), name))
 
     @server.tool(annotations=OPERATE)
     def set_endpoint(
@@ -396,8 +529,10 @@ def _add_admin_tools(server: MCPServer, bridge: _Bridge) -> None:
         cluster: ClusterName = None,
     ) -> dict[str, Any]:
         """Change an endpoint's weight or enable/disable it (validated; logged)."""
-        with _tool_errors("set_endpoint"):
-            return fleet.set_endpoint(bridge.cluster(cluster), name, weight=weight, enabled=enabled)
+        with _tool_errors("set_endpoint", warning):
+            return bridge.answer(
+                fleet.set_endpoint(bridge.cluster(cluster), name, weight=weight, enabled=enabled)
+            )
 
 
 def _add_resources(server: MCPServer, bridge: _Bridge) -> None:
@@ -407,7 +542,9 @@ def _add_resources(server: MCPServer, bridge: _Bridge) -> None:
         description="The same as the cluster_status tool.",
     )
     def cluster_status_resource(name: str) -> str:
-        return _resource_json("status", lambda: fleet.cluster_status(name))
+        return _resource_json(
+            "status", lambda: bridge.answer(fleet.cluster_status(bridge.cluster(name)))
+        )
 
     @server.resource(
         "pgwarden://clusters/{name}/schema",
@@ -415,7 +552,13 @@ def _add_resources(server: MCPServer, bridge: _Bridge) -> None:
         description="Every user table and view with its columns and their types.",
     )
     def cluster_schema_resource(name: str) -> str:
-        return _resource_json("schema", lambda: catalog.schema_overview(name))
+        def read() -> dict[str, Any]:
+            access = bridge.access(name)
+            with bridge.slots.slot():
+                overview = catalog.schema_overview(access.cluster, purpose=access.purpose)
+            return bridge.answer(overview, access)
+
+        return _resource_json("schema", read)
 
 
 def _resource_json(kind: str, read: Any) -> str:

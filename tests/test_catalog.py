@@ -11,6 +11,7 @@ import pytest
 from endpoints import catalog, routing, topology
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster
+from endpoints.purposes import ASSISTANT_READ
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_router")]
 
@@ -223,7 +224,8 @@ def cluster(local_cluster: Cluster, shop_schema: None) -> Cluster:
 
 
 def requests_made() -> int:
-    return int(routing.stats("local")["totals"]["requests"])
+    """Requests the assistant's router (the catalog's, by default) made to cluster local."""
+    return int(routing.stats("local", purpose=ASSISTANT_READ)["totals"]["requests"])
 
 
 # Schemas and tables
@@ -385,7 +387,7 @@ def test_catalog_reads_run_on_replicas_when_the_read_preference_says_so(
 
     assert catalog.describe_table("local", f"{SHOP}.catalog_orders") == ORDERS
 
-    stats = routing.stats("local")["endpoints"]
+    stats = routing.stats("local", purpose=ASSISTANT_READ)["endpoints"]
     assert stats["primary"]["requests"] == 0
     assert stats["replica1"]["requests"] + stats["replica2"]["requests"] == 1
 

@@ -188,7 +188,7 @@ def test_an_endpoint_the_router_has_not_seen_yet_is_listed_unavailable(
 def test_database_info_probes_every_endpoint_and_shows_no_password(
     local_cluster: Cluster, pg_cluster: LocalPostgresCluster, closed_port: int
 ) -> None:
-    fleet.add_endpoint("local", name="gone", host="127.0.0.1", port=closed_port)
+    fleet.add_endpoint("local", name="gone", host="127.0.0.1", port=closed_port, password="pw")
 
     info = fleet.database_info("local")
 
@@ -202,7 +202,8 @@ def test_database_info_probes_every_endpoint_and_shows_no_password(
         assert endpoint["in_recovery"] is (name != "primary")
         assert endpoint["error"] is None
         assert endpoint["database"] == pg_cluster.dbname
-        assert endpoint["user"] == pg_cluster.user
+        # Probed as the assistant's role, as its routed reads connect.
+        assert endpoint["user"] == pg_cluster.assistant_user
         assert endpoint["port"] == pg_cluster.node(name).port
         assert 0 < endpoint["connections_in_use"] <= endpoint["max_connections"]
     assert endpoints["primary"]["pool"] == {
@@ -327,7 +328,7 @@ def test_check_health_skips_while_another_sweep_holds_the_lock(local_cluster: Cl
 def test_check_health_leaves_disabled_endpoints_out_and_reports_failures(
     local_cluster: Cluster, closed_port: int
 ) -> None:
-    fleet.add_endpoint("local", name="gone", host="127.0.0.1", port=closed_port)
+    fleet.add_endpoint("local", name="gone", host="127.0.0.1", port=closed_port, password="pw")
     fleet.set_endpoint("local", "replica2", enabled=False)
 
     endpoints = {e["name"]: e for e in fleet.check_health("local")["endpoints"]}
@@ -434,7 +435,7 @@ def test_failover_event_data_matches_the_model() -> None:
 def test_add_endpoint_refuses_what_the_admin_refuses_naming_the_field(
     local_cluster: Cluster, arguments: dict[str, Any], field: str
 ) -> None:
-    arguments = {"host": "127.0.0.1", "port": 5432, **arguments}
+    arguments = {"host": "127.0.0.1", "port": 5432, "password": "new-address", **arguments}
 
     with pytest.raises(fleet.InvalidInput) as caught:
         fleet.add_endpoint("local", **arguments)
@@ -447,16 +448,16 @@ def test_add_endpoint_refuses_what_the_admin_refuses_naming_the_field(
 
 def test_add_endpoint_reports_every_invalid_field_at_once(local_cluster: Cluster) -> None:
     with pytest.raises(fleet.InvalidInput) as caught:
-        fleet.add_endpoint("local", name="replica1", host="h", port=0, weight=-5)
+        fleet.add_endpoint("local", name="replica1", host="h", port=0, weight=-5, password="p")
     assert sorted(caught.value.errors) == ["name", "port", "weight"]
     assert caught.value.errors["name"] == ["This cluster already has an endpoint with this name."]
     assert caught.value.errors["port"] == ["Port must be between 1 and 65535."]
 
 
-def test_add_endpoint_inherits_the_primarys_credentials_and_is_logged_for_the_admin(
+def test_add_endpoint_at_a_registered_address_inherits_its_credentials_and_is_logged(
     local_cluster: Cluster, pg_cluster: LocalPostgresCluster, admin_client: Client
 ) -> None:
-    port = pg_cluster.node("replica1").port
+    port = pg_cluster.node("replica1").port  # replica1's address: its password may go there
 
     added = fleet.add_endpoint("local", name="replica3", host="127.0.0.1", port=port, weight=5)
 
@@ -483,7 +484,7 @@ def test_add_endpoint_inherits_the_primarys_credentials_and_is_logged_for_the_ad
     assert entry.user_id == mcp_user_id()
     assert entry.get_change_message() == (
         "Added via MCP: replica at 127.0.0.1:"
-        f"{port}; dbname, user, sslmode, password from primary 'primary'."
+        f"{port}; dbname, user, sslmode, password from endpoint 'replica1'."
     )
     user = get_user_model().objects.get(username=fleet.SYSTEM_USERNAME)
     assert user.is_active is False
@@ -491,6 +492,43 @@ def test_add_endpoint_inherits_the_primarys_credentials_and_is_logged_for_the_ad
     history = admin_client.get(reverse("admin:endpoints_endpoint_history", args=[stored.pk]))
     assert history.status_code == 200
     assert "Added via MCP" in history.content.decode()
+
+
+def test_add_endpoint_at_a_new_address_never_gets_a_stored_password(
+    local_cluster: Cluster, closed_port: int
+) -> None:
+    with pytest.raises(fleet.InvalidInput) as caught:
+        fleet.add_endpoint("local", name="elsewhere", host="127.0.0.1", port=closed_port)
+    assert list(caught.value.errors) == ["password"]
+    assert f"127.0.0.1:{closed_port} is a new address" in str(caught.value)
+    assert not Endpoint.objects.filter(cluster=local_cluster, name="elsewhere").exists()
+
+    # The same server under another name counts as new too: only host and port match.
+    with pytest.raises(fleet.InvalidInput):
+        fleet.add_endpoint(
+            "local",
+            name="alias",
+            host="localhost",
+            port=local_cluster.endpoints.get(name="primary").port,
+        )
+
+    added = fleet.add_endpoint(
+        "local", name="elsewhere", host="127.0.0.1", port=closed_port, password="its-own"
+    )
+    assert added["has_password"] is True
+    stored = Endpoint.objects.get(cluster=local_cluster, name="elsewhere")
+    assert stored.get_password().reveal() == "its-own"
+
+
+@pytest.mark.parametrize(
+    "host", ["/var/run/postgresql", "db1,db2", "db1 db2", "host=evil", "[::1]", "a..b", ""]
+)
+def test_add_endpoint_refuses_a_host_that_is_not_one_name_or_address(
+    local_cluster: Cluster, host: str
+) -> None:
+    with pytest.raises(fleet.InvalidInput) as caught:
+        fleet.add_endpoint("local", name="odd", host=host, port=5432, password="pw")
+    assert list(caught.value.errors) == ["host"]
 
 
 def test_add_endpoint_with_its_own_credentials_and_a_second_change_reuses_the_user(

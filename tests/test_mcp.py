@@ -76,7 +76,12 @@ def _assert_nothing_leaked(mcp: Mcp) -> None:
 
 @pytest.fixture
 def cluster(local_cluster: Cluster, pg_cluster: LocalPostgresCluster, redis_server: Any) -> Cluster:
-    SECRETS[:] = [pg_cluster.password]
+    SECRETS[:] = [
+        pg_cluster.password,
+        pg_cluster.replication_password,
+        pg_cluster.assistant_password,
+        pg_cluster.assistant_write_password,
+    ]
     with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS mcp_orders, mcp_customers CASCADE")
         conn.execute("DROP SEQUENCE IF EXISTS mcp_seq")
@@ -94,6 +99,10 @@ def cluster(local_cluster: Cluster, pg_cluster: LocalPostgresCluster, redis_serv
             "INSERT INTO mcp_orders (customer_id, amount, placed_at) "
             "VALUES (1, 12.50, '2026-01-02T03:04:05Z'), (2, 7, '2026-01-03T00:00:00Z')"
         )
+        # The assistant's write role changes any table's rows (pg_write_all_data), but only
+        # the tables it owns may it index or alter, as PostgreSQL has it.
+        for relation in ("TABLE mcp_customers", "TABLE mcp_orders", "SEQUENCE mcp_seq"):
+            conn.execute(f"ALTER {relation} OWNER TO {pg_cluster.assistant_write_user}")
     pg_cluster.wait_for_replay()
     return local_cluster
 
@@ -392,6 +401,8 @@ def test_write_tools_commit_report_and_roll_back_as_they_say(
 
         plan = await mcp.ok("explain", sql="DELETE FROM mcp_orders", analyze=True)
         assert "Actual Rows" in json.dumps(plan["plan"])
+        planned = await mcp.ok("explain", sql="DELETE FROM mcp_orders")  # as the write role
+        assert "Delete" in json.dumps(planned["plan"])
 
     run("--allow-writes")(body)
 
@@ -410,8 +421,11 @@ def test_without_writes_explain_analyze_of_a_write_is_refused(
     async def body(mcp: Mcp) -> None:
         refused = await mcp.error("explain", sql="DELETE FROM mcp_orders", analyze=True)
         assert "refused" in refused
-        plan = await mcp.ok("explain", sql="DELETE FROM mcp_orders")  # planning only
-        assert "Delete" in json.dumps(plan["plan"])
+        # PostgreSQL plans a write only for a role that may run it: the read role may not,
+        # and the error says what would (the write role, with --allow-writes).
+        unplanned = await mcp.error("explain", sql="DELETE FROM mcp_orders")
+        assert "42501" in unplanned
+        assert "--allow-writes" in unplanned
 
     run()(body)
     assert checksum(pg_cluster) == before
@@ -557,7 +571,7 @@ def raw_query_session(client: str, sql: str) -> list[dict[str, Any]]:
     ]
 
 
-def test_stdout_carries_only_the_protocol_and_the_log_warns_about_the_role(
+def test_stdout_carries_only_the_protocol_and_the_log_names_the_roles_checked(
     cluster: Cluster, pg_cluster: LocalPostgresCluster
 ) -> None:
     initialize = raw_initialize("raw")
@@ -577,10 +591,10 @@ def test_stdout_carries_only_the_protocol_and_the_log_warns_about_the_role(
         message = json.loads(line)  # anything but JSON-RPC on stdout breaks every client
         assert message["jsonrpc"] == "2.0"
     assert json.loads(lines[0])["result"]["serverInfo"]["name"] == "pgwarden"
-    # The test cluster connects as a superuser: said on stderr, and it still serves.
-    assert "superuser" in done.stderr
-    assert "read-only role" in done.stderr
-    assert pg_cluster.password not in done.stderr
+    # The assistant role was checked at start-up, and the log says so, without a password.
+    assert "cluster local: the assistant's read role is least-privilege" in done.stderr
+    for secret in SECRETS:
+        assert secret not in done.stderr
 
 
 def test_pipes_are_served_from_the_event_loop_with_calls_in_flight_and_long_messages(
@@ -589,7 +603,8 @@ def test_pipes_are_served_from_the_event_loop_with_calls_in_flight_and_long_mess
     # Several times asyncio's default line limit (64 KiB), each way.
     big = "x" * 300_000
 
-    @run()
+    # Eleven calls in flight: more than the default limit of concurrent queries (4).
+    @run(env={"PGWARDEN_MCP_MAX_CONCURRENT_QUERIES": "16"})
     async def body(mcp: Mcp) -> None:
         data = await mcp.ok("query", sql="SELECT %s AS s, length(%s) AS n", params=[big, big])
         assert data["rows"] == [{"s": big, "n": 300_000}]
@@ -741,9 +756,11 @@ def test_during_a_failover_query_answers_from_replicas_and_execute_resumes(
     fresh: tuple[LocalPostgresCluster, Cluster],
 ) -> None:
     local, registered = fresh
-    SECRETS[:] = [local.password]
+    SECRETS[:] = [local.password, local.replication_password, local.assistant_write_password]
     name = registered.name
     Cluster.objects.filter(pk=registered.pk).update(auto_failover=False)
+    # As beat's sweeps would have, every second: the replicas are seen streaming from it.
+    sweep(registered)
 
     async def body(mcp: Mcp) -> None:
         written = await mcp.ok("execute", sql="INSERT INTO t (note) VALUES ('before')")

@@ -14,6 +14,7 @@ import pytest
 from endpoints import queries, routing
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster
+from endpoints.routing import QueryError
 from endpoints.sqlguard import Refused
 from tests.conftest import terminate_backend_running
 
@@ -339,10 +340,20 @@ def test_explain_plans_without_running() -> None:
 def test_explain_of_a_write_without_analyze_only_plans_it_even_on_a_replica(
     pg_cluster: LocalPostgresCluster,
 ) -> None:
-    result = queries.explain("local", "DELETE FROM queries_t", read_preference="secondary")
+    result = queries.explain(
+        "local", "DELETE FROM queries_t", read_preference="secondary", allow_writes=True
+    )
     assert result["role"] == "replica"
     assert result["plan"][0]["Plan"]["Node Type"] == "ModifyTable"
     assert notes(pg_cluster) == ORIGINAL
+
+
+def test_explain_of_a_write_as_the_read_role_says_why_it_cannot_be_planned() -> None:
+    # PostgreSQL plans a DELETE only for a role that may run it; the assistant role reads.
+    with pytest.raises(QueryError, match="42501") as raised:
+        queries.explain("local", "DELETE FROM queries_t")
+    assert raised.value.hint is not None
+    assert "--allow-writes" in raised.value.hint
 
 
 def test_explain_analyze_of_a_read_runs_it() -> None:

@@ -30,3 +30,23 @@ def test_the_configuration_table_names_no_unknown_variable() -> None:
     section = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
 
     assert set(re.findall(r"^\| `([A-Z_]+)` \|", section, re.MULTILINE)) == set(VARIABLES)
+
+
+def test_the_assistant_role_sql_is_what_the_local_cluster_runs() -> None:
+    """The README's SQL for a real cluster is endpoints.purposes', statement for statement."""
+    from endpoints.purposes import ASSISTANT_ROLE, ASSISTANT_WRITE_ROLE, assistant_role_sql
+
+    section = README.split("### Roles: who the assistant connects as", 1)[1]
+    block = section.split("```sql", 1)[1].split("```", 1)[0]
+    code = "\n".join(line for line in block.splitlines() if not line.startswith("--"))
+    shown = [" ".join(statement.split()) for statement in code.split(";") if statement.strip()]
+
+    def unquoted(statement: str) -> str:
+        return re.sub(r'"([a-z_][a-z0-9_]*)"', r"\1", statement)
+
+    expected = [
+        unquoted(statement)
+        for role, writes in ((ASSISTANT_ROLE, False), (ASSISTANT_WRITE_ROLE, True))
+        for statement in assistant_role_sql(role, "'...'", writes=writes)
+    ]
+    assert shown == expected
