@@ -198,6 +198,19 @@ def parse_positive_int(raw: str) -> int:
     return value
 
 
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """A parser of whole numbers from ``low`` to ``high`` (both allowed); ``low`` is positive."""
+
+    def parse_int_between(raw: str) -> int:
+        value = parse_positive_int(raw)
+        if not low <= value <= high:
+            side = "under the minimum" if value < low else "over the maximum"
+            raise InvalidValue(f"is {side}: use a whole number from {low} to {high}")
+        return value
+
+    return parse_int_between
+
+
 _BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 MIN_TOKEN_LENGTH = 16
 
@@ -287,6 +300,17 @@ VARIABLES: dict[str, Variable] = {
             "127.0.0.1,localhost,pgwarden.example.com",
             parse_list,
             default="127.0.0.1,localhost",
+        ),
+        Variable(
+            "PGWARDEN_HTTPS",
+            "The web server is reached over HTTPS, through a proxy that terminates TLS and "
+            "sets X-Forwarded-Proto on every request (replacing any a client sent): true makes "
+            "session and CSRF cookies Secure, sends HSTS (one year), and trusts that header. "
+            "Never true when browsers reach the admin over plain HTTP: they would not send "
+            "the Secure cookies back, so logging in would fail.",
+            "true",
+            parse_bool,
+            default="false",
         ),
         Variable(
             "CSRF_TRUSTED_ORIGINS",
@@ -395,8 +419,9 @@ VARIABLES: dict[str, Variable] = {
         ),
         Variable(
             "PGWARDEN_MCP_CLUSTER",
-            "Cluster the MCP server (manage.py run_mcp) uses when a tool names none; blank: "
-            "--cluster, else the only registered cluster.",
+            "The only cluster the MCP server (manage.py run_mcp) serves, as --cluster (which "
+            "wins): its tools refuse any other and use it when they name none. Blank: every "
+            "cluster.",
             "local",
             _text,
             default="",
@@ -416,6 +441,31 @@ VARIABLES: dict[str, Variable] = {
             "false",
             parse_bool,
             default="false",
+        ),
+        Variable(
+            "PGWARDEN_MCP_MAX_CONCURRENT_QUERIES",
+            "Assistant queries (MCP tools that reach a managed cluster) that one run_mcp "
+            "process runs at once; more get a clear 'busy' error at once instead of waiting.",
+            "4",
+            parse_positive_int,
+            default="4",
+        ),
+        Variable(
+            "PGWARDEN_MCP_MAX_TIMEOUT_MS",
+            "Largest statement timeout, in milliseconds, an assistant may ask for (timeout_ms "
+            "of query, explain, execute, transaction); from 1000 to 3600000.",
+            "60000",
+            int_between(1_000, 3_600_000),
+            default="60000",
+        ),
+        Variable(
+            "PGWARDEN_MCP_LOCK_TIMEOUT_MS",
+            "lock_timeout of every assistant statement, in milliseconds (at most 600000): an "
+            "assistant's statement that waits longer for a lock fails instead of queueing "
+            "every later statement behind it.",
+            "2000",
+            int_between(1, 600_000),
+            default="2000",
         ),
         Variable(
             "PGWARDEN_METRICS_TOKEN",
@@ -481,6 +531,25 @@ def render_env_example() -> str:
                 "Superuser password of the demo cluster compose runs (pg-primary, pg-replica1,",
                 "pg-replica2); its containers and `register_cluster` get it as a secret file,",
                 "never in their environment. Read when their volumes are first created.",
+            ),
+            None,
+        ),
+        (
+            "MANAGED_ASSISTANT_PASSWORD",
+            (
+                "Password of pgwarden_assistant, the demo cluster's role for the MCP server's read",
+                "tools (pg_read_all_data, never a superuser); pg-primary and `register_cluster`",
+                "get it as a secret file. Read when pg-primary's volume is first created: to",
+                "change it later, run ALTER ROLE ... PASSWORD there too.",
+            ),
+            None,
+        ),
+        (
+            "MANAGED_ASSISTANT_WRITE_PASSWORD",
+            (
+                "Password of pgwarden_assistant_write, the role for the MCP write tools",
+                "(pg_read_all_data, pg_write_all_data, CREATE in schema public); given and read",
+                "as the one above.",
             ),
             None,
         ),

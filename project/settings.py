@@ -136,6 +136,11 @@ PGWARDEN_HEALTH_RETENTION_DAYS = env.read("PGWARDEN_HEALTH_RETENTION_DAYS")
 PGWARDEN_MCP_CLUSTER = env.read("PGWARDEN_MCP_CLUSTER")
 PGWARDEN_MCP_ALLOW_WRITES = env.read("PGWARDEN_MCP_ALLOW_WRITES")
 PGWARDEN_MCP_ALLOW_ADMIN = env.read("PGWARDEN_MCP_ALLOW_ADMIN")
+# Assistant queries one run_mcp process runs at once; more are refused as busy at once.
+PGWARDEN_MCP_MAX_CONCURRENT_QUERIES = env.read("PGWARDEN_MCP_MAX_CONCURRENT_QUERIES")
+# The largest timeout_ms an assistant may ask for, and every assistant statement's lock_timeout.
+PGWARDEN_MCP_MAX_TIMEOUT_MS = env.read("PGWARDEN_MCP_MAX_TIMEOUT_MS")
+PGWARDEN_MCP_LOCK_TIMEOUT_MS = env.read("PGWARDEN_MCP_LOCK_TIMEOUT_MS")
 
 # GET /metrics requires "Authorization: Bearer <token>" when set (endpoints/views.py).
 PGWARDEN_METRICS_TOKEN = env.read("PGWARDEN_METRICS_TOKEN")
@@ -183,3 +188,12 @@ LOGGING = {
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# Behind a TLS-terminating proxy. No SECURE_SSL_REDIRECT: load balancers poll /healthz and
+# /clusters/... over plain HTTP inside the network. Django sends HSTS on secure requests only.
+PGWARDEN_HTTPS = env.read("PGWARDEN_HTTPS")
+if PGWARDEN_HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = 31_536_000  # one year; no includeSubDomains, no preload
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -20,11 +20,13 @@ from project.env import (
     BASE_DIR,
     VARIABLES,
     InvalidValue,
+    int_between,
     parse_bool,
     parse_database_url,
     parse_encryption_keys,
     parse_env_file,
     parse_origins,
+    parse_positive_int,
     parse_redis_url,
     parse_time_zone,
 )
@@ -186,6 +188,20 @@ def test_env_file_fills_in_what_the_environment_lacks(tmp_path: Path) -> None:
     assert "shorter than 32 characters" in line
 
 
+def test_an_mcp_timeout_out_of_range_stops_start_up_with_the_range(tmp_path: Path) -> None:
+    line = configuration_error(
+        check(tmp_path, PGWARDEN_MCP_MAX_TIMEOUT_MS="500"), "PGWARDEN_MCP_MAX_TIMEOUT_MS"
+    )
+
+    assert "'500' is under the minimum: use a whole number from 1000 to 3600000" in line
+
+
+def test_a_malformed_https_flag_stops_start_up(tmp_path: Path) -> None:
+    line = configuration_error(check(tmp_path, PGWARDEN_HTTPS="tls"), "PGWARDEN_HTTPS")
+
+    assert "'tls' is not a boolean" in line
+
+
 def test_makemigrations_reports_no_missing_migrations(tmp_path: Path) -> None:
     result = run_manage(
         "makemigrations",
@@ -339,6 +355,93 @@ def test_parse_env_file(tmp_path: Path) -> None:
     assert parse_env_file("") is None
     assert parse_env_file(".env") == BASE_DIR / ".env"
     assert parse_env_file(str(tmp_path / "x.env")) == tmp_path / "x.env"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1", 1), ("4", 4), (" 64 ", 64)])
+def test_parse_positive_int(raw: str, expected: int) -> None:
+    assert parse_positive_int(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "complaint"),
+    [("0", "is not a positive integer"), ("-3", "is not a positive integer"), ("", "integer")],
+)
+def test_parse_positive_int_refuses(raw: str, complaint: str) -> None:
+    with pytest.raises(InvalidValue, match=complaint):
+        parse_positive_int(raw)
+
+
+@pytest.mark.parametrize("raw", ["1000", "60000", "3600000", " 2500 "])
+def test_int_between_accepts_the_range_and_its_ends(raw: str) -> None:
+    assert int_between(1000, 3_600_000)(raw) == int(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "complaint"),
+    [
+        ("999", "is under the minimum: use a whole number from 1000 to 3600000"),
+        ("3600001", "is over the maximum: use a whole number from 1000 to 3600000"),
+        ("0", "is not a positive integer"),
+        ("-5000", "is not a positive integer"),
+        ("60s", "is not an integer"),
+        ("1.5", "is not an integer"),
+    ],
+)
+def test_int_between_refuses(raw: str, complaint: str) -> None:
+    with pytest.raises(InvalidValue, match=complaint):
+        int_between(1000, 3_600_000)(raw)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "expected"),
+    [
+        ("PGWARDEN_HTTPS", None, False),
+        ("PGWARDEN_HTTPS", "true", True),
+        ("PGWARDEN_MCP_MAX_CONCURRENT_QUERIES", None, 4),
+        ("PGWARDEN_MCP_MAX_CONCURRENT_QUERIES", "16", 16),
+        ("PGWARDEN_MCP_MAX_TIMEOUT_MS", None, 60_000),
+        ("PGWARDEN_MCP_MAX_TIMEOUT_MS", "1000", 1000),
+        ("PGWARDEN_MCP_MAX_TIMEOUT_MS", "3600000", 3_600_000),
+        ("PGWARDEN_MCP_LOCK_TIMEOUT_MS", None, 2000),
+        ("PGWARDEN_MCP_LOCK_TIMEOUT_MS", "1", 1),
+        ("PGWARDEN_MCP_LOCK_TIMEOUT_MS", "600000", 600_000),
+    ],
+)
+def test_https_and_mcp_limits_read_their_default_and_accepted_values(
+    monkeypatch: pytest.MonkeyPatch, name: str, raw: str | None, expected: object
+) -> None:
+    if raw is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, raw)
+
+    assert env.read(name) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "complaint"),
+    [
+        ("PGWARDEN_HTTPS", "https", "'https' is not a boolean"),
+        ("PGWARDEN_MCP_MAX_CONCURRENT_QUERIES", "0", "'0' is not a positive integer"),
+        ("PGWARDEN_MCP_MAX_CONCURRENT_QUERIES", "four", "'four' is not an integer"),
+        ("PGWARDEN_MCP_MAX_TIMEOUT_MS", "999", "'999' is under the minimum: use a whole number "),
+        ("PGWARDEN_MCP_MAX_TIMEOUT_MS", "3600001", "'3600001' is over the maximum"),
+        ("PGWARDEN_MCP_LOCK_TIMEOUT_MS", "0", "'0' is not a positive integer"),
+        ("PGWARDEN_MCP_LOCK_TIMEOUT_MS", "600001", "from 1 to 600000"),
+        ("PGWARDEN_MCP_LOCK_TIMEOUT_MS", "2s", "'2s' is not an integer"),
+    ],
+)
+def test_https_and_mcp_limits_refuse_with_the_name_and_an_example(
+    monkeypatch: pytest.MonkeyPatch, name: str, raw: str, complaint: str
+) -> None:
+    monkeypatch.setenv(name, raw)
+
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        env.read(name)
+    message = str(excinfo.value)
+    assert message.startswith(f"{name} is malformed: ")
+    assert complaint in message
+    assert message.endswith(f"Example: {name}={VARIABLES[name].example}")
 
 
 # read()
