@@ -150,16 +150,13 @@ class _Bridge:
 
     def answer(self, result: dict[str, Any], access: Access | None = None) -> dict[str, Any]:
         """``result`` with the unsafe-mode warning every answer carries when it applies."""
-        warning = (access.warning if access is not None else "") or self._general_warning()
+        warning = (access.warning if access is not None else "") or self.warning()
         if warning:
             return {**result, "warning": warning}
         return result
 
     def warning(self) -> str:
         """What every answer (and error) says in unsafe mode; empty otherwise."""
-        return self._general_warning()
-
-    def _general_warning(self) -> str:
         if not self.config.allow_unsafe:
             return ""
         return (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
+import itertools
 import json
 import re
 import shlex
@@ -24,6 +25,7 @@ from django.urls import resolve
 
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.management.commands.register_cluster import Command as RegisterClusterCommand
+from endpoints.purposes import ASSISTANT_ROLE, ASSISTANT_WRITE_ROLE, assistant_role_sql, quote_ident
 from project.env import VARIABLES
 from tests.conftest import ROOT
 
@@ -37,6 +39,14 @@ PGWARDEN_SERVICES = {"init", "web", "worker", "beat"}
 ONE_SHOT_SERVICES = {"init"}
 MANAGED_NODES = {"pg-primary", "pg-replica1", "pg-replica2"}
 SERVICES = {"db", "redis", *MANAGED_NODES, *PGWARDEN_SERVICES}
+# The variables behind the managed cluster's secrets.
+MANAGED_PASSWORDS = {
+    "MANAGED_PG_PASSWORD",
+    "MANAGED_ASSISTANT_PASSWORD",
+    "MANAGED_ASSISTANT_WRITE_PASSWORD",
+}
+# Where the postgres image looks for scripts to run once, after initdb.
+INITDB_DIR = "/docker-entrypoint-initdb.d/"
 
 Model = dict[str, Any]
 
@@ -126,6 +136,11 @@ def _shell_lines(script: str) -> list[list[str]]:
 def _secret_at(service: Model, path: str) -> str:
     """The secret ``service`` mounts at ``path``."""
     return {mount["target"]: mount["source"] for mount in service["secrets"]}[path]
+
+
+def _mount(service: Model, secret: str) -> Model:
+    [mount] = [mount for mount in service["secrets"] if mount["source"] == secret]
+    return mount
 
 
 def _register_cluster_options(model: Model) -> argparse.Namespace:
@@ -276,8 +291,41 @@ def test_the_managed_password_reaches_containers_only_as_a_file(model: Model) ->
     assert int(mount["mode"], 8) == 0o444
     for name, service in model["services"].items():
         assert password not in json.dumps(service), name
-    # Only the guard that makes compose stop early holds the value, and no service reads it.
-    assert model["x-required"] == {"managed-pg-password": password}
+    # Only the guards that make compose stop early hold the values, and no service reads them.
+    assert model["x-required"] == {
+        name.lower().replace("_", "-"): example_value(name) for name in MANAGED_PASSWORDS
+    }
+
+
+def test_init_registers_the_assistant_roles_with_passwords_from_secret_files(
+    model: Model,
+) -> None:
+    options = _register_cluster_options(model)
+    init = model["services"]["init"]
+    primary = model["services"]["pg-primary"]
+
+    assert (options.assistant_user, options.assistant_write_user) == (
+        ASSISTANT_ROLE,
+        ASSISTANT_WRITE_ROLE,
+    )
+    for variable, path in [
+        ("MANAGED_ASSISTANT_PASSWORD", options.assistant_password_file),
+        ("MANAGED_ASSISTANT_WRITE_PASSWORD", options.assistant_write_password_file),
+    ]:
+        assert path is not None, variable
+        secret = _secret_at(init, str(path))
+        assert model["secrets"][secret]["environment"] == variable
+        # The primary reads the same file at the same path when it creates the role (see
+        # the test of its init script), as user postgres; init as its image's user.
+        assert _secret_at(primary, str(path)) == secret
+        assert int(_mount(init, secret)["mode"], 8) == 0o444, variable
+        assert int(_mount(primary, secret)["mode"], 8) == 0o444, variable
+        for name, service in model["services"].items():
+            assert example_value(variable) not in json.dumps(service), (variable, name)
+    # Replicas never initialise a database: they need only the replication password.
+    for name in MANAGED_NODES - {"pg-primary"}:
+        mounted = {mount["source"] for mount in model["services"][name]["secrets"]}
+        assert mounted == {"managed_pg_password"}, name
 
 
 def test_commands_run_the_project(model: Model) -> None:
@@ -344,7 +392,9 @@ def test_shell_scripts_are_valid(model: Model) -> None:
         test = service.get("healthcheck", {}).get("test", [])
         if test and test[0] == "CMD-SHELL":
             scripts.append((f"{name} healthcheck", "sh", test[1]))
-    assert len(scripts) >= 5
+    # The image's entrypoint, a bash script, sources it.
+    scripts.append(("pg-primary init script", "bash", _initdb_script(model)[1]))
+    assert len(scripts) >= 6
     for label, shell, script in scripts:
         result = subprocess.run(
             [shell, "-n", "-c", script], capture_output=True, text=True, check=False
@@ -423,3 +473,200 @@ def test_replicas_clone_from_the_primary_into_their_own_slots(model: Model) -> N
         # Without it, an empty PGDATA would be initialised as a second, unrelated primary.
         assert "POSTGRES_PASSWORD_FILE" not in node["environment"], name
         assert _secret_at(node, "/run/secrets/managed_pg_password") == "managed_pg_password"
+
+
+def _initdb_script(model: Model) -> tuple[str, str]:
+    """The path and text of the script pg-primary's entrypoint writes for the image's init."""
+    entrypoint = model["services"]["pg-primary"]["entrypoint"][-1]
+    [match] = re.finditer(
+        rf"^ *cat > ({re.escape(INITDB_DIR)}\S+) <<'(\w+)'\n(.*?)^\2$",
+        entrypoint,
+        re.MULTILINE | re.DOTALL,
+    )
+    return match[1], match[3]
+
+
+def _initdb_input(script: str, tmp_path: Path) -> tuple[str, str]:
+    """The database the init script's psql connects to, and the SQL it is given.
+
+    The script is sourced as the image sources it, with a stand-in for the image's
+    ``docker_process_sql`` (psql with ``--dbname "$POSTGRES_DB"``, then the arguments given).
+    """
+    script_file = tmp_path / "script.sh"
+    script_file.write_text(script)
+    args_file, stdin_file = tmp_path / "args", tmp_path / "stdin"
+    stand_in = """
+        docker_process_sql() {
+          printf '%s\\0' --dbname "$POSTGRES_DB" "$@" > "$ARGS_FILE"
+          cat > "$STDIN_FILE"
+        }
+    """
+    result = subprocess.run(
+        ["bash", "-c", f'set -Eeo pipefail\n{stand_in}\n. "$1"', "bash", str(script_file)],
+        # The image's default: POSTGRES_DB is POSTGRES_USER, postgres unless set.
+        env={"POSTGRES_DB": "postgres", "ARGS_FILE": str(args_file), "STDIN_FILE": str(stdin_file)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    args = args_file.read_text().split("\0")[:-1]
+    # psql takes the last --dbname given.
+    dbname = [value for option, value in itertools.pairwise(args) if option == "--dbname"][-1]
+    return dbname, stdin_file.read_text()
+
+
+def _role_statements(psql_script: str) -> list[tuple[str, list[str]]]:
+    """Each ``\\set pw `cat FILE``` of a psql script: FILE, and the statements that follow."""
+    groups: list[tuple[str, list[str]]] = []
+    for line in psql_script.splitlines():
+        password = re.fullmatch(r"\\set pw `cat (\S+)`", line)
+        if password:
+            groups.append((password[1], []))
+        else:
+            # One statement a line, each after a password, and no other meta-command.
+            assert groups, line
+            assert line.endswith(";"), line
+            assert not line.startswith("\\"), line
+            groups[-1][1].append(line.removesuffix(";"))
+    return groups
+
+
+def test_the_primary_creates_the_assistant_roles_with_the_sql_of_assistant_role_sql(
+    model: Model, tmp_path: Path
+) -> None:
+    options = _register_cluster_options(model)
+    path, script = _initdb_script(model)
+    dbname, psql_script = _initdb_input(script, tmp_path)
+
+    # Sourced, not run: it needs the image's docker_process_sql.
+    assert path.endswith(".sh")
+    assert dbname == options.dbname == "postgres"
+    # Each role with the password from the file `init` registers for it.
+    assert _role_statements(psql_script) == [
+        (
+            str(options.assistant_password_file),
+            assistant_role_sql(ASSISTANT_ROLE, ":'pw'", writes=False),
+        ),
+        (
+            str(options.assistant_write_password_file),
+            [
+                *assistant_role_sql(ASSISTANT_WRITE_ROLE, ":'pw'", writes=True),
+                f"GRANT CREATE ON SCHEMA public TO {quote_ident(ASSISTANT_WRITE_ROLE)}",
+            ],
+        ),
+    ]
+
+
+def _run_entrypoint(
+    model: Model, service: str, tmp_path: Path, *, initialised: bool
+) -> tuple[list[str], dict[str, str]]:
+    """Run ``service``'s entrypoint with its environment, up to the image's entrypoint.
+
+    Its files go under ``tmp_path`` (PGDATA, the hba file, the init scripts), and a stand-in
+    docker-entrypoint.sh records its arguments. ``initialised``: PGDATA holds a database (a
+    replica's would otherwise be cloned). Returns those arguments and the init scripts.
+    """
+    shell, flag, script = model["services"][service]["entrypoint"]
+    initdb, bin_dir, pgdata = tmp_path / "initdb.d", tmp_path / "bin", tmp_path / "data"
+    argv_file = tmp_path / "argv"
+    initdb.mkdir()
+    bin_dir.mkdir()
+    if initialised:
+        pgdata.mkdir()
+        (pgdata / "PG_VERSION").write_text("15\n")
+    script = script.replace("/etc/pgwarden_hba.conf", str(tmp_path / "pgwarden_hba.conf"))
+    script = script.replace(INITDB_DIR, f"{initdb}/")
+    # Nothing outside tmp_path may be written: the tests may run as root.
+    assert "/etc/" not in script
+    assert INITDB_DIR.rstrip("/") not in script
+    stand_in = bin_dir / "docker-entrypoint.sh"
+    stand_in.write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" > {shlex.quote(str(argv_file))}\n")
+    stand_in.chmod(0o755)
+    environment = model["services"][service]["environment"]
+    result = subprocess.run(
+        [shell, flag, script],
+        env={**environment, "PGDATA": str(pgdata), "PATH": f"{bin_dir}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    scripts = {path.name: path.read_text() for path in initdb.iterdir()}
+    return argv_file.read_text().split("\0")[:-1], scripts
+
+
+@pytest.mark.parametrize(
+    ("service", "initialised", "writes"),
+    [
+        ("pg-primary", False, True),
+        ("pg-primary", True, False),
+        ("pg-replica1", True, False),
+        ("pg-replica2", True, False),
+    ],
+    ids=["new primary", "primary", "replica1", "replica2"],
+)
+def test_only_a_primary_being_initialised_writes_the_init_script(
+    model: Model, tmp_path: Path, service: str, initialised: bool, writes: bool
+) -> None:
+    _, scripts = _run_entrypoint(model, service, tmp_path, initialised=initialised)
+
+    path, script = _initdb_script(model)
+    assert scripts == ({Path(path).name: script} if writes else {})
+
+
+def test_each_managed_node_runs_with_its_endpoint_name_as_cluster_name(
+    model: Model, tmp_path: Path
+) -> None:
+    # A replica streams under its cluster_name (pg_basebackup's primary_conninfo names no
+    # application_name), and pgwarden promotes only one streaming under its endpoint name.
+    options = _register_cluster_options(model)
+    assert {endpoint.host for endpoint in options.endpoints} == MANAGED_NODES
+    for endpoint in options.endpoints:
+        (tmp_path / endpoint.name).mkdir()
+        argv, _ = _run_entrypoint(model, endpoint.host, tmp_path / endpoint.name, initialised=True)
+
+        assert argv[0] == "postgres"
+        flags = argv[1:]
+        assert flags[::2] == ["-c"] * (len(flags) // 2)
+        postgres_settings = dict(flag.split("=", 1) for flag in flags[1::2])
+        assert postgres_settings["cluster_name"] == endpoint.name, endpoint.host
+
+
+def test_compose_defaults_are_project_env_defaults(tmp_path: Path) -> None:
+    """Left out of .env, each variable a pgwarden service gets means what env.py's default does."""
+    env_file = tmp_path / "required-only.env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in filled_in().items()))
+    result = run_compose(env_file, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    model = json.loads(result.stdout.replace("$$", "$"))
+    result = run_compose(env_file, "config", "--variables", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    optional = {
+        name for name, variable in json.loads(result.stdout).items() if not variable["Required"]
+    }
+
+    checked: set[str] = set()
+    for service in PGWARDEN_SERVICES:
+        for name, value in model["services"][service]["environment"].items():
+            if name in optional:
+                variable = VARIABLES[name]
+                assert variable.default is not None, name
+                assert variable.parse(value) == variable.parse(variable.default), (service, name)
+                checked.add(name)
+    # Every setting compose passes with a default, the MCP server's limits among them.
+    assert {name for name in VARIABLES if name.startswith("PGWARDEN_MCP_")} <= checked
+    assert "PGWARDEN_HTTPS" in checked
+
+
+def test_pgwarden_services_pass_every_setting_but_a_few_fixed_ones(model: Model) -> None:
+    # Left at env.py's defaults on purpose: no debug pages, Redis as the broker; the admin's
+    # are for `init` alone, which creates it.
+    fixed = {"DEBUG", "CELERY_BROKER_URL"}
+    admin = {"PGWARDEN_ADMIN_USER", "PGWARDEN_ADMIN_PASSWORD"}
+    for name in PGWARDEN_SERVICES:
+        environment = set(model["services"][name]["environment"])
+        assert set(VARIABLES) - environment - admin == fixed, name
+        assert (admin <= environment) == (name == "init"), name
