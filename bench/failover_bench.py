@@ -5,7 +5,10 @@ Detection is driven as production drives it: a health sweep every ``check_interv
 a writer thread sends routed INSERTs back to back. Each run kills the primary's postmaster
 with SIGKILL at a random moment between two sweeps and measures until the writer's first
 acknowledged write; the killed node is then rebuilt as a replica of the new primary and
-re-admitted, so the next run starts from a whole cluster again.
+re-admitted, so the next run starts from a whole cluster again. Failover promotes only a
+replica that a sweep saw streaming from the primary (``Endpoint.upstream``), so each run
+waits for the sweeps to have recorded that before the kill, as beat's sweeps every second
+have in production.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from psycopg import sql
 from endpoints import failover, health, routing
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.localstack import register_local_cluster
-from endpoints.models import Cluster, Endpoint, Role
+from endpoints.models import Cluster, Endpoint, Role, State
 
 Row = tuple[str, str, str, str, str]
 CLUSTER = "bench-failover"
@@ -167,6 +170,7 @@ def _kill_primary_and_fail_over(
     writer.start()
     try:
         _wait_for(lambda: len(writer.acknowledged) > 20, "writes before the kill")
+        _wait_for(_replicas_recorded_streaming, "sweeps recording the replicas streaming")
         time.sleep(WARM_UP_S + random.uniform(0, 1))  # noqa: S311 - a random phase, not a secret
         local.kill_node(old)
         # Once the postmaster is gone (kill_node waits for that, a few ms at most).
@@ -227,6 +231,15 @@ def _rejoin_killed_primary(local: LocalPostgresCluster) -> None:
     fenced = Endpoint.objects.select_related("cluster").get(cluster__name=CLUSTER, state="fenced")
     local.rebuild_as_replica(fenced.name, new)
     failover.readmit(fenced)
+
+
+def _replicas_recorded_streaming() -> bool:
+    """Whether sweeps recorded every enabled, unfenced replica streaming from the primary."""
+    primary = Endpoint.objects.get(cluster__name=CLUSTER, role=Role.PRIMARY, enabled=True)
+    replicas = Endpoint.objects.filter(
+        cluster__name=CLUSTER, role=Role.REPLICA, enabled=True
+    ).exclude(state=State.FENCED)
+    return not replicas.exclude(upstream=primary).exists()
 
 
 def _registered_primary() -> str:

@@ -45,21 +45,44 @@ made writable again and the switchover is aborted), then steps 4-7. The old prim
 up, read-only and fenced until it is rebuilt as a replica (``manage.py local_cluster
 rebuild NODE`` for the local cluster) and re-admitted (:func:`readmit`).
 
-**Candidate choice.** Eligible: enabled, answering, in recovery, not fenced, and no more
-than ``max_failover_lag_bytes`` behind the most advanced WAL position known: the highest
-of the primary's (live when it answers, else the last one the registry recorded) and of
-every answering replica's received and replayed positions. The old primary is usually
-gone, and the WAL a replica *received* proves how far the primary got, even if no replica
-replayed it (a replica with replay paused receives on). The most WAL replayed wins, then
-``promotion_priority``, then weight, then the name.
+**Candidate choice.** Eligible: enabled, answering, in recovery, not fenced, *observed
+streaming from the cluster's current primary*, and no more than ``max_failover_lag_bytes``
+behind the most advanced WAL position known: the highest of the primary's (live when it
+answers, else the last one the registry recorded) and of every answering replica's
+received and replayed positions. The old primary is usually gone, and the WAL a replica
+*received* proves how far the primary got, even if no replica replayed it (a replica with
+replay paused receives on). The most WAL replayed wins, then ``promotion_priority``, then
+weight, then the name.
+
+*Observed streaming* is seen from the primary's side, which a server that merely answers
+probes as a replica cannot forge (:mod:`endpoints.upstream`): the primary's
+``pg_stat_replication`` must show a walsender in state ``streaming`` whose
+``application_name`` is the endpoint's registered name and whose ``client_addr`` is one of
+the addresses the endpoint's registered host resolves to. When the primary answers as a
+primary (a manual failover of a live primary, a switchover) its walsenders are read live,
+by the same probe; when it does not (automatic failover, a manual failover of a dead
+primary), what sweeps recorded counts: ``Endpoint.upstream``, which every sweep in which
+the primary answered sets (the primary, or NULL) and no other sweep touches, so the last
+observation made while the primary was alive decides (the plan gives its age). An
+endpoint registered at a host of someone's choosing, or under a name that is not its
+walsender's, is therefore never promoted, and the real replicas are never re-pointed at
+it. Nor is a replica never seen streaming: one added after the primary went down, a
+cascading standby (it streams from another replica), every replica when pgwarden's role
+lacks ``pg_read_all_stats`` (``client_addr`` is then NULL: the plan says so), and, just
+after a failover, every replica until a sweep has seen it stream from the new primary
+(sweeps run every second; replicas reconnect within ``wal_retrieve_retry_interval``).
+Host names are resolved by pgwarden (``getaddrinfo``, cached for a minute): whoever
+controls a name's DNS controls the addresses it matches, so register endpoints by IP
+address, or under names whose DNS you trust.
 
 **What the database role needs.** pgwarden connects to every endpoint with its registered
 user. In production that role needs: ``EXECUTE`` on ``pg_promote(boolean, integer)``;
 ``ALTER SYSTEM`` on the parameters ``primary_conninfo`` and ``default_transaction_read_only``
 (``GRANT ALTER SYSTEM ON PARAMETER ...``, PostgreSQL 15; before, superusers only) and ``EXECUTE`` on
 ``pg_reload_conf()``; membership in ``pg_read_all_settings`` (to read ``primary_conninfo``),
-``pg_read_all_stats`` (``pg_stat_wal_receiver``) and ``pg_signal_backend`` (to end client
-sessions); the ``REPLICATION`` attribute, or ``EXECUTE`` on
+``pg_read_all_stats`` (``pg_stat_wal_receiver``, and ``client_addr`` and ``state`` in
+``pg_stat_replication``: without it no replica is seen streaming, so none is promoted) and
+``pg_signal_backend`` (to end client sessions); the ``REPLICATION`` attribute, or ``EXECUTE`` on
 ``pg_create_physical_replication_slot``, to create slots. Or be a superuser, as the local
 cluster's application role is.
 
@@ -67,7 +90,14 @@ cluster's application role is.
 ``pg_terminate_backend`` with a timeout: 14). For clusters not run by pgwarden: replicas
 reach the new primary at its registered host and port, with the replication credentials
 already in their own ``primary_conninfo``; ``recovery_target_timeline`` is ``latest``
-(the default), so they follow the new timeline. ``default_transaction_read_only`` stops
+(the default), so they follow the new timeline. Each replica's walsender must carry the
+name it is registered under: set ``cluster_name`` to that name on the replica, or
+``application_name`` in its ``primary_conninfo`` (which wins over ``cluster_name``; with
+neither, every walsender is called ``walreceiver`` and no replica can be promoted). And
+each replica must connect to the primary over TCP from an address its registered host
+resolves to: not through a Unix socket, nor through NAT or a proxy that changes the
+source address. pgwarden's own cluster (``manage.py local_cluster``) sets ``cluster_name``
+to the node's name and registers it under that name. ``default_transaction_read_only`` stops
 pgwarden's routed writes and well-behaved clients, not a superuser who turns it off again
 (nor can ``pg_signal_backend`` end a superuser's sessions): with synchronous replication,
 an old primary cut off from its standbys cannot acknowledge a commit at all. Note that
@@ -92,11 +122,12 @@ from django.utils import timezone
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from endpoints import topology
+from endpoints import topology, upstream
 from endpoints.alerts import notify_event
 from endpoints.crypto import DecryptionError, redact, remember
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, Role, State
 from endpoints.probe import ProbeResult, check_endpoints
+from endpoints.upstream import Streaming, recorded_streaming, streaming_from_primary
 
 logger = logging.getLogger("pgwarden.failover")
 
@@ -112,6 +143,8 @@ READ_ONLY_WAIT_S = 5.0
 TERMINATE_WAIT_MS = 5000
 REDIS_TIMEOUT_S = 2.0
 APPLICATION_NAME = "pgwarden-failover"
+# How long a plan waits for DNS to resolve replica hosts not in the resolver's cache.
+RESOLVE_WAIT_S = 2.0
 
 
 class FailoverError(Exception):
@@ -150,6 +183,9 @@ class CandidateState:
     lag_bytes: int | None
     promotion_priority: int
     weight: int
+    # Whether the current primary's pg_stat_replication shows it streaming (live, or as the
+    # last sweep in which the primary answered recorded it), and what was seen.
+    streaming: Streaming
     # WAL received but maybe not replayed yet: evidence of how far the primary got.
     received_lsn: int | None = None
     # Why it did not answer, for the plan's explanation.
@@ -268,6 +304,8 @@ def _ineligibility(
         return f"did not answer ({replica.error})" if replica.error else "did not answer"
     if not replica.in_recovery:
         return "not in recovery: it already accepts writes (a second primary?)"
+    if not replica.streaming.observed:
+        return f"not seen streaming from the primary: {replica.streaming.detail}"
     if replica.wal_lsn is None or lag is None:
         return "its WAL position is unknown"
     if lag > max_lag_bytes:
@@ -285,7 +323,10 @@ def _rank_key(replica: CandidateState) -> tuple[int, int, int, str]:
 
 def _position(replica: CandidateState, lags: Mapping[str, int]) -> str:
     replayed = format_lsn(replica.wal_lsn) if replica.wal_lsn is not None else "unknown"
-    return f"replayed up to {replayed}, {lags.get(replica.name, 0)} bytes behind"
+    return (
+        f"replayed up to {replayed}, {lags.get(replica.name, 0)} bytes behind; "
+        f"{replica.streaming.detail}"
+    )
 
 
 def _tie_break(best: CandidateState, runner_up: CandidateState) -> str:
@@ -327,7 +368,7 @@ class _Survey:
 
 
 def _survey(cluster: Cluster) -> _Survey:
-    endpoints = list(Endpoint.objects.filter(cluster=cluster).select_related("cluster"))
+    endpoints = list(Endpoint.objects.filter(cluster=cluster).select_related("cluster", "upstream"))
     primary = next((e for e in endpoints if e.role == Role.PRIMARY and e.enabled), None)
     replicas = [e for e in endpoints if e.role == Role.REPLICA]
     probed = [e for e in endpoints if e.enabled and e.state != State.FENCED]
@@ -342,7 +383,46 @@ def _survey(cluster: Cluster) -> _Survey:
     )
 
 
-def _candidate_state(endpoint: Endpoint, result: ProbeResult | None) -> CandidateState:
+def _streaming(survey: _Survey) -> dict[int, Streaming]:
+    """Each replica's evidence of streaming from the survey's primary, by primary key.
+
+    Live (the primary's walsenders, from the survey's probe) when the primary answers as
+    a primary; else what the last sweep in which it did recorded (``Endpoint.upstream``).
+    """
+    replicas = [endpoint for endpoint, _ in survey.replicas]
+    primary, live = survey.primary, survey.primary_result
+    if survey.primary_writable and live is not None:
+        resolutions = upstream.RESOLVER.resolve_all(
+            (replica.host for replica in replicas), timeout_s=RESOLVE_WAIT_S
+        )
+        return {
+            replica.pk: streaming_from_primary(
+                replica.name, resolutions[replica.host], live.walsenders
+            )
+            for replica in replicas
+        }
+    now = timezone.now()
+    last_sweep_at = max(
+        (r.upstream_observed_at for r in replicas if r.upstream_observed_at is not None),
+        default=None,
+    )
+    return {
+        replica.pk: recorded_streaming(
+            primary=primary.name if primary is not None else None,
+            primary_pk=primary.pk if primary is not None else None,
+            upstream_pk=replica.upstream_id,
+            upstream_name=replica.upstream.name if replica.upstream is not None else "",
+            observed_at=replica.upstream_observed_at,
+            last_sweep_at=last_sweep_at,
+            now=now,
+        )
+        for replica in replicas
+    }
+
+
+def _candidate_state(
+    endpoint: Endpoint, result: ProbeResult | None, streaming: Streaming
+) -> CandidateState:
     answered = result is not None and result.ok
     return CandidateState(
         name=endpoint.name,
@@ -356,6 +436,7 @@ def _candidate_state(endpoint: Endpoint, result: ProbeResult | None) -> Candidat
         lag_bytes=None,
         promotion_priority=endpoint.promotion_priority,
         weight=endpoint.weight,
+        streaming=streaming,
         error=result.error if result is not None else "",
     )
 
@@ -367,8 +448,12 @@ def _plan(survey: _Survey, to: str | None) -> FailoverPlan:
     live = survey.primary_result
     if survey.primary_writable and live is not None and live.wal_lsn is not None:
         primary_positions.append(live.wal_lsn)
+    streaming = _streaming(survey)
     plan = choose_failover_candidate(
-        [_candidate_state(endpoint, result) for endpoint, result in survey.replicas],
+        [
+            _candidate_state(endpoint, result, streaming[endpoint.pk])
+            for endpoint, result in survey.replicas
+        ],
         survey.cluster.max_failover_lag_bytes,
         to=to,
         primary_lsn=max(primary_positions, default=None),
@@ -680,6 +765,9 @@ def _record_new_primary(cluster: Cluster, new: Endpoint, fenced_reason: str) -> 
             replication_lag_s=None,
             consecutive_failures=0,
             last_error="",
+            # A primary streams from nothing; as a replica again, sweeps will say from what.
+            upstream=None,
+            upstream_observed_at=None,
             updated_at=now,
         )
         # .update() sends no signals: announce the change ourselves, once it is committed.

@@ -14,7 +14,13 @@ A sweep (:func:`sweep`)
    each Endpoint's observed fields: recovery, WAL position, latency, lag in
    seconds and in bytes behind the primary's WAL position from the same sweep,
    consecutive failures, role mismatch, health score and state (the rules and
-   the score formula are in :mod:`endpoints.scoring`);
+   the score formula are in :mod:`endpoints.scoring`). When the registered
+   primary answered as a primary, every replica endpoint also gets ``upstream``
+   (that primary if its ``pg_stat_replication`` shows the replica streaming, by
+   name and address: :func:`endpoints.upstream.streaming_from_primary`; else
+   NULL) and ``upstream_observed_at``; when it did not, both stay as the last
+   sweep in which it answered left them, which is what automatic failover
+   relies on (only a replica observed streaming from the primary is promoted);
 3. bumps the topology version when something routing depends on changed (see
    :func:`routing_relevant_change`): every process reloads its snapshot on a
    bump, so a sweep that saw only latency jitter must not cost each of them a
@@ -49,7 +55,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -60,9 +66,10 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 from redis.lock import Lock
 
-from endpoints import alerts, scoring, topology
+from endpoints import alerts, scoring, topology, upstream
 from endpoints.models import Cluster, Endpoint, HealthCheck, Role, State
-from endpoints.probe import ProbeResult, sweep_endpoints
+from endpoints.probe import ProbeResult, WalSender, sweep_endpoints
+from endpoints.upstream import Resolution, Streaming, streaming_from_primary
 
 logger = logging.getLogger("pgwarden.health")
 
@@ -86,6 +93,9 @@ PRUNE_BATCH_SIZE = 10_000
 STARVED_OVERRUN_MIN_S = 0.5
 STARVED_OVERRUN_SHARE = 0.25
 REDIS_TIMEOUT_S = 2.0
+# How long a sweep waits for DNS to resolve replica hosts not in the cache (IP addresses
+# need none); a host still unresolved then counts as not seen streaming this sweep.
+RESOLVE_WAIT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -263,16 +273,41 @@ def _names(names: list[str], shown: int = 10) -> str:
     return f"{', '.join(names[:shown])} and {len(names) - shown} more"
 
 
-def primary_lsn_of(results: Iterable[tuple[Endpoint, ProbeResult]]) -> int | None:
-    """The registered primary's current WAL position, if it answered as a primary."""
+def answering_primary(
+    results: Iterable[tuple[Endpoint, ProbeResult]],
+) -> tuple[Endpoint, ProbeResult] | None:
+    """The registered primary and its probe, if it answered as a primary (not in recovery)."""
     return next(
         (
-            result.wal_lsn
+            (endpoint, result)
             for endpoint, result in results
-            if endpoint.role == Role.PRIMARY and result.ok and not result.in_recovery
+            if endpoint.role == Role.PRIMARY and result.ok and result.in_recovery is False
         ),
         None,
     )
+
+
+def primary_lsn_of(results: Iterable[tuple[Endpoint, ProbeResult]]) -> int | None:
+    """The registered primary's current WAL position, if it answered as a primary."""
+    answering = answering_primary(results)
+    return answering[1].wal_lsn if answering is not None else None
+
+
+def streams_seen(
+    walsenders: Iterable[WalSender],
+    replicas: Iterable[Endpoint],
+    resolutions: Mapping[str, Resolution],
+) -> dict[int, Streaming]:
+    """Each replica endpoint (by primary key): is it among the primary's ``walsenders``?
+
+    ``resolutions`` maps each replica's host to its addresses (see
+    :meth:`endpoints.upstream.Resolver.resolve_all`).
+    """
+    senders = tuple(walsenders)
+    return {
+        replica.pk: streaming_from_primary(replica.name, resolutions[replica.host], senders)
+        for replica in replicas
+    }
 
 
 # The sweep
@@ -326,11 +361,14 @@ def probe_and_record(cluster: Cluster) -> list[Observation]:
         observe(cluster, endpoint, result, primary_lsn, count_failure=not starved)
         for endpoint, result in results
     ]
+    upstreams = _upstreams(cluster, endpoints, results)
     now = timezone.now()
     with transaction.atomic():
         HealthCheck.objects.bulk_create(_health_check(o, now) for o in observations)
         for observation in observations:
-            _record(observation, now)
+            _record(observation, now, upstreams)
+        probed = {observation.endpoint.pk for observation in observations}
+        _record_upstreams({pk: up for pk, up in upstreams.items() if pk not in probed}, now)
     if any(routing_relevant_change(o, cluster.max_replica_lag_s) for o in observations):
         topology.notify_changed()
     try:
@@ -339,6 +377,58 @@ def probe_and_record(cluster: Cluster) -> list[Observation]:
         # Alerts must never cost a failover: log and carry on.
         logger.exception("evaluating the alerts of cluster %s failed", cluster.name)
     return observations
+
+
+def _upstreams(
+    cluster: Cluster, endpoints: list[Endpoint], results: list[tuple[Endpoint, ProbeResult]]
+) -> dict[int, Endpoint | None]:
+    """Each replica endpoint's ``upstream`` to record: the primary if seen streaming, else None.
+
+    Empty (record nothing, keep what was recorded) unless the registered primary answered
+    as a primary. Every enabled replica of the sweep gets one, probed or not: the evidence
+    is the primary's walsenders, not the replica's own answer.
+    """
+    answering = answering_primary(results)
+    if answering is None:
+        return {}
+    primary, result = answering
+    replicas = [endpoint for endpoint in endpoints if endpoint.role == Role.REPLICA]
+    resolutions = upstream.RESOLVER.resolve_all(
+        (replica.host for replica in replicas), timeout_s=RESOLVE_WAIT_S
+    )
+    seen = streams_seen(result.walsenders, replicas, resolutions)
+    for replica in replicas:
+        _log_stream_lost(cluster, primary, replica, seen[replica.pk])
+    return {pk: primary if streaming.observed else None for pk, streaming in seen.items()}
+
+
+def _log_stream_lost(
+    cluster: Cluster, primary: Endpoint, replica: Endpoint, streaming: Streaming
+) -> None:
+    """Warn when a replica stops being (or is first found not) streaming from the primary."""
+    was_seen = replica.upstream_id == primary.pk
+    first_look = replica.upstream_observed_at is None
+    if streaming.observed or not (was_seen or first_look) or replica.state == State.FENCED:
+        return
+    logger.warning(
+        "cluster %s: replica %s is not seen streaming from primary %s (%s); failover will "
+        "not promote it until it is",
+        cluster,
+        replica.name,
+        primary.name,
+        streaming.detail,
+    )
+
+
+def _record_upstreams(upstreams: Mapping[int, Endpoint | None], now: datetime) -> None:
+    """Record ``upstream`` for endpoints not recorded otherwise: one update per value."""
+    groups: dict[Endpoint | None, list[int]] = {}
+    for pk, value in upstreams.items():
+        groups.setdefault(value, []).append(pk)
+    for value, pks in groups.items():
+        Endpoint.objects.filter(pk__in=pks).update(
+            upstream=value, upstream_observed_at=now, updated_at=now
+        )
 
 
 def _health_check(observation: Observation, now: datetime) -> HealthCheck:
@@ -358,7 +448,10 @@ def _health_check(observation: Observation, now: datetime) -> HealthCheck:
     )
 
 
-def _record(observation: Observation, now: datetime) -> None:
+def _record(
+    observation: Observation, now: datetime, upstreams: Mapping[int, Endpoint | None]
+) -> None:
+    """One update of the endpoint's observed fields (``upstream`` too if in ``upstreams``)."""
     endpoint, result = observation.endpoint, observation.result
     fields: dict[str, object] = {
         "last_checked_at": now,
@@ -382,6 +475,8 @@ def _record(observation: Observation, now: datetime) -> None:
             replication_lag_s=result.replay_lag_s,
             replication_lag_bytes=observation.lag_bytes,
         )
+    if endpoint.pk in upstreams:
+        fields.update(upstream=upstreams[endpoint.pk], upstream_observed_at=now)
     # .update(): a full save would race with admin edits of the configured fields.
     Endpoint.objects.filter(pk=endpoint.pk).update(**fields)
 

@@ -613,6 +613,24 @@ class Endpoint(models.Model):
             f"enabled={self.enabled} state={self.state}>"
         )
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save; an endpoint that now names another server loses its streaming observation.
+
+        The observation vouched for the server at the old address (or name), which only
+        matters while the primary is down: the next sweep observes the new one.
+        """
+        if self.pk is not None and self.upstream_observed_at is not None and self._moved():
+            self.upstream = None
+            self.upstream_observed_at = None
+            update_fields = kwargs.get("update_fields")
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "upstream", "upstream_observed_at"}
+        super().save(*args, **kwargs)
+
+    def _moved(self) -> bool:
+        stored = Endpoint.objects.filter(pk=self.pk).values_list("host", "port", "name").first()
+        return stored is not None and stored != (self.host, self.port, self.name)
+
     # Credentials
 
     @property

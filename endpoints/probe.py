@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 
 # One round trip. WAL positions are bytes since 0/0. Replay lag is 0 when the replica has
 # replayed all it received (an idle primary sends nothing, and a timestamp-based lag would
-# grow forever); otherwise the age of the last transaction it replayed.
+# grow forever); otherwise the age of the last transaction it replayed. A primary also
+# lists its walsenders (pg_stat_replication): which replicas stream from it, from where.
+# On a replica that subquery is not run (an uncorrelated subquery in a CASE branch not
+# taken is never evaluated): its walsenders would be cascading standbys, not needed.
 PROBE_SQL = """
 SELECT r.in_recovery,
        current_setting('server_version'),
@@ -41,7 +44,12 @@ SELECT r.in_recovery,
        END,
        (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int,
        current_setting('max_connections')::int,
-       current_setting('default_transaction_read_only')::bool
+       current_setting('default_transaction_read_only')::bool,
+       CASE WHEN NOT r.in_recovery THEN
+           (SELECT json_agg(json_build_object(
+                       'name', application_name, 'addr', host(client_addr), 'state', state))
+            FROM pg_stat_replication)
+       END
 FROM (SELECT pg_is_in_recovery() AS in_recovery) AS r
 """
 
@@ -62,6 +70,19 @@ FULL_TIMEOUT_SLACK_S = 0.05
 
 
 @dataclass(frozen=True)
+class WalSender:
+    """One row of a primary's ``pg_stat_replication``: a replica (or backup) streaming from it.
+
+    ``addr`` is ``host(client_addr)``: None for a Unix-socket connection, and for every
+    walsender when the probing role lacks ``pg_read_all_stats`` (``state`` is None then too).
+    """
+
+    name: str  # application_name
+    addr: str | None
+    state: str | None
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     ok: bool
     latency_ms: float | None = None  # the query's round trip, connection set-up excluded
@@ -77,6 +98,8 @@ class ProbeResult:
     # default_transaction_read_only: on once a fenced old primary has been made to refuse
     # writes, so a sweep can tell whether that still has to be done.
     read_only: bool | None = None
+    # A primary's walsenders (empty on a replica, whose cascading standbys are not listed).
+    walsenders: tuple[WalSender, ...] = ()
     error: str = ""
     # No answer within the deadline (as opposed to a refusal or an error the server sent).
     timed_out: bool = False
@@ -132,7 +155,27 @@ async def probe_async(
         connections_in_use=row[5],
         max_connections=row[6],
         read_only=bool(row[7]),
+        walsenders=walsenders_from_json(row[8]),
     )
+
+
+def walsenders_from_json(value: object) -> tuple[WalSender, ...]:
+    """PROBE_SQL's ``json_agg`` of walsenders (NULL when there are none) as records."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        WalSender(
+            name=str(item.get("name") or ""),
+            addr=_text_or_none(item.get("addr")),
+            state=_text_or_none(item.get("state")),
+        )
+        for item in value
+        if isinstance(item, dict)
+    )
+
+
+def _text_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 async def settled_replay_lag(
@@ -180,7 +223,9 @@ def _describe(exc: psycopg.Error, info: ConnectionInfo) -> str:
     sqlstate = getattr(exc, "sqlstate", None)
     if sqlstate:
         message = f"{message} (SQLSTATE {sqlstate})"
-    return redact(message, info.password.reveal())
+    # libpq never puts the password in its messages; searching for it would make the user
+    # and database names, which an assistant's add_endpoint chooses, an oracle for it.
+    return redact(message)
 
 
 def check_endpoints(

@@ -26,7 +26,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from endpoints import failover, routing
+from endpoints import failover, health, routing
 from endpoints.failover import (
     CandidateState,
     FailoverInProgress,
@@ -39,6 +39,7 @@ from endpoints.failover import (
 )
 from endpoints.localcluster import LocalPostgresCluster, LocalRedis, parse_lsn
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, Role, State
+from endpoints.upstream import Streaming
 from tests.conftest import ROOT, run_manage
 
 MiB = 1024 * 1024
@@ -58,9 +59,14 @@ def replica(name: str, **overrides: Any) -> CandidateState:
         "lag_bytes": None,
         "promotion_priority": 0,
         "weight": 100,
+        "streaming": SEEN,
     }
     fields.update(overrides)
     return CandidateState(**fields)
+
+
+SEEN = Streaming(True, "walsender x streams from 10.0.0.1")
+UNSEEN = Streaming(False, "no walsender named x on the primary (it has: a, b)")
 
 
 def choose(*replicas: CandidateState, max_lag: int = MiB, **kwargs: Any) -> FailoverPlan:
@@ -111,6 +117,10 @@ def test_more_wal_beats_a_higher_priority_and_weight() -> None:
         ({"answered": False, "error": "connection refused"}, "did not answer (connection refused)"),
         ({"answered": False}, "did not answer"),
         ({"in_recovery": False}, "not in recovery"),
+        (
+            {"streaming": UNSEEN},
+            "not seen streaming from the primary: no walsender named x on the primary",
+        ),
         ({"wal_lsn": None, "received_lsn": None}, "WAL position is unknown"),
         ({"wal_lsn": 1000 - MiB - 1}, "over the cluster's max failover lag"),
     ],
@@ -122,6 +132,29 @@ def test_ineligible_replicas_are_excluded_with_the_reason(
     assert plan.candidate == "good"
     assert plan.ranking == ("good",)
     assert why in plan.excluded["bad"]
+
+
+def test_a_replica_not_seen_streaming_is_never_promoted_even_when_requested() -> None:
+    plan = choose(replica("fake", wal_lsn=10_000, received_lsn=10_000, streaming=UNSEEN), to="fake")
+    assert plan.candidate is None
+    assert plan.reason == (
+        "fake was requested but cannot be promoted: not seen streaming from the primary: "
+        f"{UNSEEN.detail}"
+    )
+    plan = choose(replica("fake", streaming=UNSEEN), replica("real", wal_lsn=900))
+    assert plan.candidate == "real"
+    assert plan.ranking == ("real",)
+
+
+def test_why_a_silent_replica_is_excluded_comes_before_whether_it_streams() -> None:
+    plan = choose(replica("gone", answered=False, error="refused", streaming=UNSEEN))
+    assert plan.excluded == {"gone": "did not answer (refused)"}
+
+
+def test_the_reason_for_the_candidate_says_what_shows_it_streams() -> None:
+    plan = choose(replica("a", streaming=Streaming(True, "recorded streaming from p 3 s ago")))
+    assert plan.candidate == "a"
+    assert plan.reason.endswith("0 bytes behind; recorded streaming from p 3 s ago")
 
 
 def test_a_lag_of_exactly_the_bound_is_still_eligible() -> None:
@@ -222,6 +255,7 @@ def _reference_choice(replicas: list[CandidateState], max_lag: int) -> str | Non
         and not r.fenced
         and r.answered
         and r.in_recovery
+        and r.streaming.observed
         and r.wal_lsn is not None
         and top is not None
         and top - r.wal_lsn <= max_lag
@@ -250,6 +284,7 @@ def test_the_decision_matches_the_rules_on_thousands_of_random_clusters() -> Non
                     answered=rng.random() > 0.15,
                     in_recovery=rng.random() > 0.1,
                     fenced=rng.random() < 0.1,
+                    streaming=SEEN if rng.random() > 0.1 else UNSEEN,
                     wal_lsn=wal,
                     received_lsn=received,
                     promotion_priority=rng.choice([0, 0, 1, 5]),
@@ -266,13 +301,18 @@ def test_the_decision_matches_the_rules_on_thousands_of_random_clusters() -> Non
 
 
 def test_every_name_is_either_ranked_or_excluded_for_every_combination() -> None:
-    flags = itertools.product([True, False], repeat=4)
-    for enabled, answered, in_recovery, fenced in flags:
+    flags = itertools.product([True, False], repeat=5)
+    for enabled, answered, in_recovery, fenced, streams in flags:
         one = replica(
-            "x", enabled=enabled, answered=answered, in_recovery=in_recovery, fenced=fenced
+            "x",
+            enabled=enabled,
+            answered=answered,
+            in_recovery=in_recovery,
+            fenced=fenced,
+            streaming=SEEN if streams else UNSEEN,
         )
         plan = choose(one)
-        eligible = enabled and answered and in_recovery and not fenced
+        eligible = enabled and answered and in_recovery and not fenced and streams
         assert (plan.candidate == "x") is eligible
         assert ("x" in plan.excluded) is not eligible
 
@@ -321,6 +361,25 @@ def step_names(event: FailoverEvent) -> list[str]:
     return [step["step"] for step in event.steps]
 
 
+def record_streams(
+    cluster: Cluster, names: tuple[str, ...] = ("replica1", "replica2"), timeout_s: float = 10.0
+) -> None:
+    """Sweep (record only, no reaction) until the enabled ``names`` are recorded streaming.
+
+    In production beat sweeps every second, so when the primary dies the registry holds
+    the last observation made while it was alive; a test that kills the primary right
+    after creating the cluster must make one first, or nothing may be promoted.
+    """
+    primary = Endpoint.objects.get(cluster=cluster, role=Role.PRIMARY, enabled=True)
+
+    def all_recorded() -> bool:
+        health.probe_and_record(Cluster.objects.get(pk=cluster.pk))
+        replicas = Endpoint.objects.filter(cluster=cluster, name__in=names, enabled=True)
+        return not replicas.exclude(upstream=primary).exists()
+
+    wait_until(all_recorded, timeout_s, "sweeps record every replica streaming from the primary")
+
+
 @failover_db
 def test_kill_9_of_the_primary_promotes_a_replica_that_the_other_follows(
     fresh: tuple[LocalPostgresCluster, Cluster],
@@ -328,6 +387,7 @@ def test_kill_9_of_the_primary_promotes_a_replica_that_the_other_follows(
     local, cluster = fresh
     assert routing.execute(cluster.name, "INSERT INTO t (note) VALUES ('before')").role == "primary"
 
+    record_streams(cluster)  # as beat's sweeps every second do
     local.kill_node("primary")
     event = failover.on_primary_down(cluster)
 
@@ -349,11 +409,14 @@ def test_kill_9_of_the_primary_promotes_a_replica_that_the_other_follows(
     assert all(step["ok"] and step["at"] and step["detail"] for step in event.steps)
     assert event.finished_at is not None
     assert "failed probes" in event.reason
+    # The primary is gone: what the last sweep recorded shows the candidate streamed from it.
+    assert "recorded streaming from primary" in event.steps[0]["detail"]
 
     old = endpoint(cluster, "primary")
     assert (old.role, old.state, old.enabled) == (Role.REPLICA, State.FENCED, True)
     assert f"rebuild it as a replica of {new}" in old.fenced_reason
     assert endpoint(cluster, new).role == Role.PRIMARY
+    assert endpoint(cluster, new).upstream is None
     assert Endpoint.objects.filter(cluster=cluster, role=Role.PRIMARY).count() == 1
 
     written = routing.execute(cluster.name, "INSERT INTO t (note) VALUES ('after') RETURNING id")
@@ -382,6 +445,7 @@ def test_a_returning_old_primary_refuses_writes_then_is_rebuilt_and_readmitted(
     fresh: tuple[LocalPostgresCluster, Cluster],
 ) -> None:
     local, cluster = fresh
+    record_streams(cluster)  # as beat's sweeps every second do
     local.kill_node("primary")
     event = failover.fail_over(cluster, kind=FailoverEvent.Kind.AUTOMATIC, reason="test: killed")
     assert event.outcome == FailoverEvent.Outcome.SUCCEEDED, (event.reason, event.steps)
@@ -469,6 +533,7 @@ def test_a_replica_lagging_beyond_the_bound_is_not_promoted(
         10,
         "replica1 received the primary's WAL (replay paused)",
     )
+    record_streams(cluster)  # as beat's sweeps every second do
     local.kill_node("primary")
 
     event = failover.on_primary_down(cluster)
@@ -503,6 +568,7 @@ def test_two_workers_racing_to_fail_over_fail_over_once(
     fresh: tuple[LocalPostgresCluster, Cluster],
 ) -> None:
     local, cluster = fresh
+    record_streams(cluster)  # as beat's sweeps every second do
     local.kill_node("primary")
     start = threading.Barrier(2)
     results: list[FailoverEvent | BaseException | None] = []
@@ -537,6 +603,7 @@ def test_two_processes_racing_to_fail_over_fail_over_once(
 ) -> None:
     """As two Celery workers on two machines would: separate processes, one Redis lock."""
     local, cluster = fresh
+    record_streams(cluster)  # as beat's sweeps every second do
     local.kill_node("primary")
     script = (
         "from endpoints import failover\n"

@@ -18,24 +18,29 @@ from typing import Any
 
 import psycopg
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import endpoints
 from endpoints import probe, routing, topology
 from endpoints.health import (
     Observation,
+    answering_primary,
     is_suspect,
     next_state,
     observe,
     probe_order,
     replication_lag_bytes,
     routing_relevant_change,
+    streams_seen,
     sweep,
     sweep_was_starved,
 )
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Alert, Cluster, Endpoint, HealthCheck, Role, State
-from endpoints.probe import ProbeResult
+from endpoints.probe import ProbeResult, WalSender
+from endpoints.upstream import NO_CLIENT_ADDRESS, Resolution
 from tests.conftest import add_endpoint
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -133,6 +138,118 @@ def test_a_sweep_records_recovery_latency_and_zero_lag_when_caught_up(
     checks = HealthCheck.objects.filter(endpoint__cluster=local_cluster)
     assert checks.count() == 3
     assert all(check.score is not None and check.score >= 90 for check in checks)
+
+
+def test_a_sweep_records_which_replicas_stream_from_the_primary_seen_from_its_side(
+    local_cluster: Cluster,
+    pg_cluster: LocalPostgresCluster,
+    pgwarden_logs: pytest.LogCaptureFixture,
+) -> None:
+    pg_cluster.wait_for_replay()
+    # The same server as replica2, under a name the primary's walsender does not carry.
+    add_endpoint(local_cluster, "rogue", pg_cluster.node("replica2").port)
+    before = timezone.now()
+
+    sweep(local_cluster)
+
+    recorded = {e.name: e for e in Endpoint.objects.filter(cluster=local_cluster)}
+    primary = recorded["primary"]
+    assert recorded["replica1"].upstream_id == primary.pk
+    assert recorded["replica2"].upstream_id == primary.pk
+    assert recorded["rogue"].upstream_id is None
+    observed_at = {
+        recorded[name].upstream_observed_at for name in ("replica1", "replica2", "rogue")
+    }
+    assert len(observed_at) == 1
+    [at] = observed_at
+    assert at is not None
+    assert at >= before
+    # The primary itself streams from nothing: left alone.
+    assert (primary.upstream_id, primary.upstream_observed_at) == (None, None)
+    assert (
+        "replica rogue is not seen streaming from primary primary (no walsender named rogue "
+        "on the primary (it has: replica1, replica2)); failover will not promote it"
+    ) in pgwarden_logs.text
+    assert "replica replica1 is not seen" not in pgwarden_logs.text
+
+
+def test_recording_upstream_adds_no_query_to_a_sweep(
+    local_cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    pg_cluster.wait_for_replay()
+    add_endpoint(local_cluster, "rogue", pg_cluster.node("replica2").port)
+
+    with CaptureQueriesContext(connection) as queries:
+        sweep(local_cluster)
+
+    endpoint_updates = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].startswith('UPDATE "endpoints_endpoint"')
+    ]
+    # One update per probed endpoint, as before upstream was recorded; it carries upstream.
+    assert len(endpoint_updates) == 4
+    assert sum('"upstream_id"' in statement for statement in endpoint_updates) == 3
+    assert Endpoint.objects.filter(cluster=local_cluster, upstream__isnull=False).count() == 2
+
+
+@pytest.mark.parametrize("registered_primary_at", ["closed port", "a replica"])
+def test_while_the_primary_does_not_answer_as_a_primary_upstream_stays_as_recorded(
+    local_cluster: Cluster,
+    pg_cluster: LocalPostgresCluster,
+    closed_port: int,
+    registered_primary_at: str,
+) -> None:
+    pg_cluster.wait_for_replay()
+    sweep(local_cluster)
+    recorded = {
+        e.name: (e.upstream_id, e.upstream_observed_at)
+        for e in Endpoint.objects.filter(cluster=local_cluster, role=Role.REPLICA)
+    }
+    assert all(upstream is not None for upstream, _ in recorded.values())
+    port = (
+        closed_port if registered_primary_at == "closed port" else pg_cluster.node("replica1").port
+    )
+    Endpoint.objects.filter(cluster=local_cluster, role=Role.PRIMARY).update(port=port)
+
+    observations = {o.endpoint.name: o for o in sweep(local_cluster)}
+
+    primary_result = observations["primary"].result
+    assert (not primary_result.ok) or primary_result.in_recovery
+    assert {
+        e.name: (e.upstream_id, e.upstream_observed_at)
+        for e in Endpoint.objects.filter(cluster=local_cluster, role=Role.REPLICA)
+    } == recorded
+
+
+def test_replicas_a_sweep_had_no_time_to_probe_still_get_their_upstream_recorded(
+    local_cluster: Cluster,
+    pg_cluster: LocalPostgresCluster,
+    silent_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One set-up at a time: the primary goes first, then hung (never probed) holds the
+    # turn for the rest of the sweep, so the replicas are not probed at all.
+    monkeypatch.setattr(probe, "MAX_CONCURRENT_SETUPS", 1)
+    monkeypatch.setattr(probe, "SETUP_TURN_S", 10.0)
+    configure(local_cluster, probe_timeout_s=1.0)
+    pg_cluster.wait_for_replay()
+    Endpoint.objects.filter(cluster=local_cluster, role=Role.REPLICA).update(
+        last_checked_at=timezone.now()
+    )
+    add_endpoint(local_cluster, "hung", silent_port)
+
+    observations = {o.endpoint.name: o for o in sweep(local_cluster)}
+
+    assert "replica1" not in observations
+    assert "replica2" not in observations
+    assert observations["primary"].result.ok
+    recorded = {e.name: e for e in Endpoint.objects.filter(cluster=local_cluster)}
+    assert recorded["replica1"].upstream_id == recorded["primary"].pk
+    assert recorded["replica2"].upstream_id == recorded["primary"].pk
+    assert recorded["hung"].upstream_id is None
+    assert recorded["hung"].upstream_observed_at == recorded["replica1"].upstream_observed_at
+    assert not HealthCheck.objects.filter(endpoint=recorded["replica1"]).exists()
 
 
 def test_paused_replay_shows_as_lag_and_over_the_bound_degrades_the_replica(
@@ -593,6 +710,46 @@ def test_state_rules_keep_fenced_endpoints_fenced() -> None:
     assert next_state("down", ok=True, consecutive_failures=0, threshold=3) == "healthy"
     assert next_state("healthy", ok=False, consecutive_failures=2, threshold=3) == "healthy"
     assert next_state("healthy", ok=False, consecutive_failures=3, threshold=3) == "down"
+
+
+def test_only_a_registered_primary_out_of_recovery_answers_as_the_primary() -> None:
+    cluster = Cluster(name="c")
+    primary = Endpoint(pk=1, cluster=cluster, name="p", role=Role.PRIMARY)
+    replica = Endpoint(pk=2, cluster=cluster, name="r", role=Role.REPLICA)
+    writable = ProbeResult(ok=True, in_recovery=False, wal_lsn=7)
+
+    assert answering_primary([(replica, writable), (primary, writable)]) == (primary, writable)
+    assert answering_primary([(primary, ProbeResult(ok=True, in_recovery=True))]) is None
+    assert answering_primary([(primary, ProbeResult(ok=False, error="down"))]) is None
+    assert answering_primary([(replica, writable)]) is None
+
+
+def test_streams_seen_judges_each_replica_by_name_and_address() -> None:
+    cluster = Cluster(name="c")
+    replicas = [
+        Endpoint(pk=1, cluster=cluster, name="r1", host="10.0.0.1"),
+        Endpoint(pk=2, cluster=cluster, name="r2", host="db2.internal"),
+        Endpoint(pk=3, cluster=cluster, name="r3", host="10.0.0.3"),
+    ]
+    resolutions = {
+        "10.0.0.1": Resolution("10.0.0.1", frozenset({"10.0.0.1"})),
+        "db2.internal": Resolution("db2.internal", frozenset({"10.0.0.2"})),
+        "10.0.0.3": Resolution("10.0.0.3", frozenset({"10.0.0.3"})),
+    }
+    senders = [
+        WalSender("r1", "10.0.0.1", "streaming"),
+        WalSender("r2", "10.0.0.9", "streaming"),
+    ]
+
+    seen = streams_seen(senders, replicas, resolutions)
+
+    assert seen[1].observed
+    assert not seen[2].observed
+    assert "not from an address of db2.internal (10.0.0.2)" in seen[2].detail
+    assert not seen[3].observed
+    assert seen[3].detail.startswith("no walsender named r3 on the primary")
+    hidden = streams_seen([WalSender("r1", None, None)], replicas[:1], resolutions)
+    assert hidden[1].detail == NO_CLIENT_ADDRESS
 
 
 def test_lag_bytes_is_measured_against_the_primary_and_never_negative() -> None:

@@ -295,3 +295,25 @@ def test_a_host_is_one_name_or_address(host: str) -> None:
 def test_anything_libpq_would_read_as_more_than_one_host_is_refused(host: str) -> None:
     with pytest.raises(ValidationError):
         validate_host(host)
+
+
+def test_an_endpoint_moved_to_another_address_loses_its_streaming_observation(db: Any) -> None:
+    from django.utils import timezone
+
+    cluster = Cluster.objects.create(name="moves")
+    primary = Endpoint.objects.create(cluster=cluster, name="p", host="10.0.0.1", role=Role.PRIMARY)
+    replica = Endpoint.objects.create(cluster=cluster, name="r", host="10.0.0.2")
+    Endpoint.objects.filter(pk=replica.pk).update(
+        upstream=primary, upstream_observed_at=timezone.now()
+    )
+
+    replica.refresh_from_db()
+    replica.weight = 5
+    replica.save()  # not moved: the observation stays
+    replica.refresh_from_db()
+    assert replica.upstream == primary
+
+    replica.host = "10.6.6.6"
+    replica.save(update_fields=["host"])
+    replica.refresh_from_db()
+    assert (replica.upstream, replica.upstream_observed_at) == (None, None)

@@ -16,11 +16,13 @@ from endpoints.models import Cluster, Endpoint, Role
 from endpoints.probe import (
     PROBE_SQL,
     ProbeResult,
+    WalSender,
     check_endpoint,
     check_endpoints,
     probe,
     settled_replay_lag,
     sweep_endpoints,
+    walsenders_from_json,
 )
 
 # Scheduling slack on a loaded machine; far below the next whole second of a missed deadline.
@@ -77,6 +79,42 @@ def test_probe_of_a_replica_reports_it_is_in_recovery(pg_cluster: LocalPostgresC
     assert result.ok, result.error
     assert result.in_recovery is True
     assert "in recovery (replica)" in result.summary()
+
+
+def test_probe_of_the_primary_lists_its_walsenders_by_name_address_and_state(
+    pg_cluster: LocalPostgresCluster,
+) -> None:
+    pg_cluster.wait_for_replay()
+
+    result = probe(_info(pg_cluster), timeout_s=5)
+
+    assert result.ok, result.error
+    # The local cluster sets cluster_name = node name: each replica's application_name.
+    assert sorted(result.walsenders, key=lambda sender: sender.name) == [
+        WalSender(name="replica1", addr="127.0.0.1", state="streaming"),
+        WalSender(name="replica2", addr="127.0.0.1", state="streaming"),
+    ]
+
+
+def test_probe_of_a_replica_lists_no_walsenders(pg_cluster: LocalPostgresCluster) -> None:
+    result = probe(_info(pg_cluster, "replica2"), timeout_s=5)
+
+    assert result.ok, result.error
+    assert result.walsenders == ()
+
+
+def test_walsenders_are_read_from_the_json_the_probe_returns() -> None:
+    assert walsenders_from_json(None) == ()
+    assert walsenders_from_json(
+        [
+            {"name": "r1", "addr": "10.0.0.3", "state": "streaming"},
+            {"name": "r2", "addr": None, "state": None},
+            "not a record",
+        ]
+    ) == (
+        WalSender(name="r1", addr="10.0.0.3", state="streaming"),
+        WalSender(name="r2", addr=None, state=None),
+    )
 
 
 def test_after_a_quiet_spell_pending_wal_is_not_taken_for_lag(
