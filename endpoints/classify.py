@@ -613,7 +613,21 @@ _LEAF_CLASSES: tuple[type[ast.Node], ...] = (
     ast.Alias,
 )
 # Per node class, the attributes that may hold nodes or tuples of nodes; filled as met.
-_CHILD_ATTRIBUTES: dict[type, tuple[str, ...]] = dict.fromkeys(_LEAF_CLASSES, ())
+CHILD_ATTRIBUTES: dict[type, tuple[str, ...]] = dict.fromkeys(_LEAF_CLASSES, ())
+
+
+def child_attributes(cls: type) -> tuple[str, ...] | None:
+    """The attributes of pglast node class ``cls`` that may hold nodes; None for a non-node.
+
+    Cached per class in :data:`CHILD_ATTRIBUTES` (leaves have none), which a tree walk
+    reads first: every walk of a parse tree (here and in the SQL guard) uses this.
+    """
+    attributes = CHILD_ATTRIBUTES.get(cls)
+    if attributes is None:
+        if not (isinstance(cls, type) and issubclass(cls, ast.Node)):
+            return None
+        attributes = CHILD_ATTRIBUTES[cls] = _child_attributes(cls)
+    return attributes
 
 
 def _child_attributes(cls: type[ast.Node]) -> tuple[str, ...]:
@@ -635,7 +649,7 @@ def _child_attributes(cls: type[ast.Node]) -> tuple[str, ...]:
 def _walk(top: ast.Node) -> _TreeFacts:
     """Visit every node under ``top`` (depth first, source order) and note what matters."""
     facts = _TreeFacts()
-    child_attributes = _CHILD_ATTRIBUTES
+    known = CHILD_ATTRIBUTES
     # An explicit stack, not recursion: SQL can nest deeper than Python's recursion limit.
     # Any: items are nodes, tuples or scalars, told apart by their exact class below.
     stack: list[Any] = [top]
@@ -647,11 +661,11 @@ def _walk(top: ast.Node) -> _TreeFacts:
         if cls is tuple:
             stack.extend(reversed(item))
             continue
-        attributes = child_attributes.get(cls)
+        attributes = known.get(cls)
         if attributes is None:
-            if not isinstance(item, ast.Node):
+            attributes = child_attributes(cls)
+            if attributes is None:
                 continue  # a scalar inside a tuple, such as a Bitmapset member
-            attributes = child_attributes[cls] = _child_attributes(cls)
         if cls is ast.FuncCall:
             facts.calls.append(tuple((part.sval or "").lower() for part in item.funcname or ()))
         elif cls in _DATA_MODIFYING:

@@ -32,8 +32,10 @@ from pglast import ast
 from endpoints.classify import (
     CACHE_SIZE,
     CACHED_MAX_CHARS,
+    CHILD_ATTRIBUTES,
     Classification,
     Kind,
+    child_attributes,
     classify,
     is_write_function,
     to_server_placeholders,
@@ -844,7 +846,7 @@ class _Names:
 def _collect_names(top: ast.Node) -> _Names:
     """One walk of the tree under ``top``: the calls, attributes, relations and settings."""
     names = _Names()
-    node_slots = _NODE_SLOTS
+    known = CHILD_ATTRIBUTES
     # An explicit stack, not recursion: SQL can nest deeper than Python's recursion limit.
     # Any: items are nodes, tuples or scalars, told apart by their exact class.
     stack: list[Any] = [top]
@@ -856,9 +858,9 @@ def _collect_names(top: ast.Node) -> _Names:
         if cls is tuple:
             stack.extend(reversed(item))
             continue
-        slots = node_slots.get(cls)
+        slots = known.get(cls)
         if slots is None:
-            slots = _node_slots(cls)
+            slots = child_attributes(cls)
             if slots is None:
                 continue  # a scalar inside a tuple, such as a Bitmapset member
         if cls is ast.ColumnRef:
@@ -901,45 +903,6 @@ def _constant_string(node: object) -> str | None:
     if isinstance(node, ast.A_Const) and not node.isnull and isinstance(node.val, ast.String):
         return (node.val.sval or "").lower()
     return None
-
-
-# Per node class, the attributes that may hold nodes or tuples of nodes; filled as met.
-# Constants, names and the nodes handled whole above have none worth visiting.
-_NODE_SLOTS: dict[type, tuple[str, ...]] = dict.fromkeys(
-    (
-        ast.A_Const,
-        ast.String,
-        ast.Integer,
-        ast.Float,
-        ast.Boolean,
-        ast.BitString,
-        ast.A_Star,
-        ast.ParamRef,
-        ast.ColumnRef,
-        ast.RangeVar,
-    ),
-    (),
-)
-
-
-def _node_slots(cls: type) -> tuple[str, ...] | None:
-    """The attributes of a pglast node class that may hold nodes; None if not a node class."""
-    if not (isinstance(cls, type) and issubclass(cls, ast.Node)):
-        return None
-    slots = getattr(cls, "__slots__", ())
-    found = []
-    for slot in slots:
-        py_type = getattr(slots[slot], "py_type", None) if isinstance(slots, dict) else None
-        candidates = py_type if isinstance(py_type, tuple) else (py_type,)
-        # Unknown slot metadata: keep the attribute, the walk checks values anyway.
-        if py_type is None or any(
-            candidate in (tuple, list)
-            or (isinstance(candidate, type) and issubclass(candidate, ast.Node))
-            for candidate in candidates
-        ):
-            found.append(slot)
-    _NODE_SLOTS[cls] = result = tuple(found)
-    return result
 
 
 def _name(part: ast.String) -> str:

@@ -9,12 +9,13 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
@@ -104,3 +105,30 @@ async def mcp_server(
                     yield Mcp(session, path)
     finally:
         path.unlink(missing_ok=True)
+
+
+Body = Callable[[Mcp], Awaitable[None]]
+
+
+def run_body(
+    *flags: str,
+    env: dict[str, str] | None = None,
+    after: Callable[[Mcp], None] | None = None,
+) -> Callable[[Body], None]:
+    """A decorator that runs an async test body against a fresh ``run_mcp FLAGS`` child.
+
+    ``after(mcp)`` runs once the body is done, whatever its outcome (a leak check).
+    """
+
+    def runner(body: Body) -> None:
+        async def main() -> None:
+            async with mcp_server(*flags, env=env) as mcp:
+                try:
+                    await body(mcp)
+                finally:
+                    if after is not None:
+                        after(mcp)
+
+        anyio.run(main)
+
+    return runner

@@ -13,7 +13,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -24,7 +24,7 @@ from endpoints.health import sweep
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint
 from tests.conftest import ROOT, run_manage
-from tests.mcp_client import Mcp, command, mcp_server
+from tests.mcp_client import Body, Mcp, command, run_body
 from tests.test_jsonsafe import EXPECTED, typed_table  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,22 +43,9 @@ WRITE_TOOLS = {"execute", "transaction"}
 ADMIN_TOOLS = {"check_health", "failover", "add_endpoint", "remove_endpoint", "set_endpoint"}
 
 
-def run(
-    *flags: str, env: dict[str, str] | None = None
-) -> Callable[[Callable[[Mcp], Awaitable[None]]], None]:
-    """Run an async test body against a fresh ``run_mcp FLAGS`` child."""
-
-    def runner(body: Callable[[Mcp], Awaitable[None]]) -> None:
-        async def main() -> None:
-            async with mcp_server(*flags, env=env) as mcp:
-                try:
-                    await body(mcp)
-                finally:
-                    _assert_nothing_leaked(mcp)
-
-        anyio.run(main)
-
-    return runner
+def run(*flags: str, env: dict[str, str] | None = None) -> Callable[[Body], None]:
+    """Run an async test body against a fresh ``run_mcp FLAGS`` child; nothing may leak."""
+    return run_body(*flags, env=env, after=_assert_nothing_leaked)
 
 
 SECRETS: list[str] = []

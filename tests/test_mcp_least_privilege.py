@@ -16,7 +16,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from endpoints.localstack import register_local_cluster
 from endpoints.models import Cluster, Endpoint
 from endpoints.registry import RoleSpec, register_cluster
 from tests.conftest import run_manage
-from tests.mcp_client import Mcp, mcp_server
+from tests.mcp_client import Body, Mcp, run_body
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,22 +57,15 @@ def assert_no_secret(text: str, secrets: list[str]) -> None:
 
 def run(
     *flags: str, env: dict[str, str] | None = None, secrets: list[str] | None = None
-) -> Callable[[Callable[[Mcp], Awaitable[None]]], None]:
+) -> Callable[[Body], None]:
     """Run an async test body against a fresh ``run_mcp FLAGS``; no secret may be shown."""
 
-    def runner(body: Callable[[Mcp], Awaitable[None]]) -> None:
-        async def main() -> None:
-            async with mcp_server(*flags, env=env) as mcp:
-                try:
-                    await body(mcp)
-                finally:
-                    for call in mcp.calls:
-                        assert_no_secret(call.text + json.dumps(call.data), secrets or [])
-                    assert_no_secret(mcp.stderr, secrets or [])
+    def no_secret_shown(mcp: Mcp) -> None:
+        for call in mcp.calls:
+            assert_no_secret(call.text + json.dumps(call.data), secrets or [])
+        assert_no_secret(mcp.stderr, secrets or [])
 
-        anyio.run(main)
-
-    return runner
+    return run_body(*flags, env=env, after=no_secret_shown)
 
 
 @pytest.fixture
@@ -360,18 +353,10 @@ def test_a_right_guess_reads_exactly_like_a_wrong_one(
                     text = await mcp.error("query", sql=sql)
                     seen[kind].append(text.replace(value, "GUESS"))
 
-    # Not run() with secrets: the guesses are the client's own text, echoed back.
-    anyio.run(_with_server(body))
+    # No leak check: the guesses are the client's own text, echoed back.
+    run_body()(body)
     assert seen["right"] == seen["wrong"]
     assert not any(MASK in text for text in seen["right"] + seen["wrong"])
-
-
-def _with_server(body: Callable[[Mcp], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-    async def main() -> None:
-        async with mcp_server() as mcp:
-            await body(mcp)
-
-    return main
 
 
 # Scope

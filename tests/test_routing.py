@@ -17,6 +17,7 @@ from endpoints import routing, topology
 from endpoints.health import sweep
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint
+from endpoints.purposes import ASSISTANT_READ, ASSISTANT_WRITE
 from endpoints.routing import (
     ClusterNotFound,
     NoEndpointAvailable,
@@ -785,6 +786,27 @@ def test_sql_errors_on_the_cursor_path_stay_sql_errors_however_often_they_come(
     assert routing.execute("local", "SELECT 1 AS one", read_only=True, max_rows=5).rows == [
         {"one": 1}
     ]
+
+
+def test_assistant_routers_never_use_the_simple_protocol(cluster: Cluster) -> None:
+    """Two statements in one string: the operations router runs both, an assistant's none."""
+    stacked = "SELECT 1 AS one; SELECT 2 AS two"
+    assert routing.execute("local", stacked, intent="read").rows == [{"two": 2}]
+
+    for purpose, intent in ((ASSISTANT_READ, "read"), (ASSISTANT_WRITE, "write")):
+        with pytest.raises(QueryError, match="cannot insert multiple commands"):
+            routing.execute("local", stacked, intent=intent, purpose=purpose)
+        with pytest.raises(QueryError, match="cannot insert multiple commands"):
+            routing.transaction("local", [(stacked, None)], purpose=purpose)
+        # Settings every assistant session starts with, whatever the role's own.
+        result = routing.execute(
+            "local",
+            "SELECT current_setting('standard_conforming_strings') AS scs, "
+            "current_setting('application_name') AS app",
+            intent="read",
+            purpose=purpose,
+        )
+        assert result.rows == [{"scs": "on", "app": "pgwarden-assistant"}]
 
 
 def test_a_byte_cap_stops_the_server_at_the_row_that_would_pass_it(cluster: Cluster) -> None:
