@@ -62,6 +62,8 @@ class _Verdict:
     access: Access | None = None
     refused: str = ""
     checked_at: float = 0.0
+    # For the operator: a usable role that has more rights than it needs.
+    note: str = ""
 
     def stale(self, role: StoredRole | None, now: float) -> bool:
         """Whether to check again: another role registered since, or time to look again."""
@@ -141,7 +143,9 @@ class AccessPolicy:
             return StartupCheck(
                 cluster, writes, usable=False, message=verdict.refused, unsafe_role=role is not None
             )
-        return StartupCheck(cluster, writes, usable=True, message=verdict.access.warning)
+        return StartupCheck(
+            cluster, writes, usable=True, message=verdict.access.warning or verdict.note
+        )
 
     def usable(self, cluster: str, *, writes: bool = False) -> bool:
         """False only when the cluster's role was checked and refused."""
@@ -190,7 +194,9 @@ class AccessPolicy:
         problems = report.problems()
         purpose = assistant_purpose(writes=writes)
         if not problems:
-            return _Verdict(role, Access(cluster, purpose))
+            notes = report.notes(writes=writes)
+            note = f"cluster {cluster}: {notes[0]}" if notes else ""
+            return _Verdict(role, Access(cluster, purpose), note=note)
         if self.allow_unsafe:
             warning = f"UNSAFE: {problems[0]} (served because of {UNSAFE_FLAG})"
             return _Verdict(role, Access(cluster, purpose, warning))

@@ -20,7 +20,7 @@ from endpoints.purposes import (
 )
 from endpoints.registry import RoleSpec, register_cluster
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_router")]
 
 
 # What a role may do (pure)
@@ -107,6 +107,26 @@ def test_a_usable_role_is_checked_once_and_given(local_cluster: Cluster) -> None
     assert policy.access("local") == first
     assert time.perf_counter() - started < 0.05  # no second round trip to the cluster
     assert policy.access("local", writes=True).purpose is ASSISTANT_WRITE
+
+
+def test_a_read_role_that_may_also_write_is_served_with_a_note_for_the_operator(
+    local_cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    grant = f"GRANT pg_write_all_data TO {pg_cluster.assistant_user}"
+    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS assistant_note_t (id int)")
+        conn.execute(grant)
+    try:
+        pg_cluster.wait_for_replay()
+        check = AccessPolicy().check_at_start("local")
+        assert check.usable
+        assert "may also write to tables" in check.message
+        assert "public.assistant_note_t" in check.message
+    finally:
+        with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
+            conn.execute(grant.replace("GRANT", "REVOKE").replace(" TO ", " FROM "))
+            conn.execute("DROP TABLE assistant_note_t")
+        pg_cluster.wait_for_replay()
 
 
 def test_a_missing_role_is_refused_with_the_sql_to_create_it(local_cluster: Cluster) -> None:

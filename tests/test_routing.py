@@ -17,9 +17,10 @@ from endpoints import routing, topology
 from endpoints.health import sweep
 from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint
-from endpoints.purposes import ASSISTANT_READ, ASSISTANT_WRITE
+from endpoints.purposes import ASSISTANT_READ, ASSISTANT_WRITE, Purpose
 from endpoints.routing import (
     ClusterNotFound,
+    Intent,
     NoEndpointAvailable,
     QueryError,
     WriteOutcomeUnknown,
@@ -793,7 +794,11 @@ def test_assistant_routers_never_use_the_simple_protocol(cluster: Cluster) -> No
     stacked = "SELECT 1 AS one; SELECT 2 AS two"
     assert routing.execute("local", stacked, intent="read").rows == [{"two": 2}]
 
-    for purpose, intent in ((ASSISTANT_READ, "read"), (ASSISTANT_WRITE, "write")):
+    intents: tuple[tuple[Purpose, Intent], ...] = (
+        (ASSISTANT_READ, "read"),
+        (ASSISTANT_WRITE, "write"),
+    )
+    for purpose, intent in intents:
         with pytest.raises(QueryError, match="cannot insert multiple commands"):
             routing.execute("local", stacked, intent=intent, purpose=purpose)
         with pytest.raises(QueryError, match="cannot insert multiple commands"):
