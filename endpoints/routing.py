@@ -32,6 +32,7 @@ a user function that writes) is sent once to the primary.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -965,19 +966,15 @@ def _read_through_cursor(
     fetch = f"FETCH FORWARD {fetch_rows}" if fetch_rows is not None else "FETCH ALL"
     rows_cur = conn.cursor()
     try:
-        # Never prepared (psycopg prepares a statement run 5 times): when a statement fails
-        # the rest of the pipeline is skipped, a PREPARE in it too, and psycopg would later
-        # EXECUTE a statement the server never prepared, failing the next ROLLBACK.
         with conn.pipeline():
-            conn.execute(b"BEGIN READ ONLY", prepare=False)
-            conn.execute(_cursor_settings(timeout_ms), prepare=False)
-            conn.execute(
-                f"DECLARE {_CURSOR_NAME} NO SCROLL CURSOR FOR {sql_text}", params, prepare=False
-            )
-            rows_cur.execute(f"{fetch} FROM {_CURSOR_NAME}".encode(), prepare=False)
-            conn.execute(b"ROLLBACK", prepare=False)
+            conn.execute(b"BEGIN READ ONLY")
+            conn.execute(_cursor_settings(timeout_ms))
+            conn.execute(f"DECLARE {_CURSOR_NAME} NO SCROLL CURSOR FOR {sql_text}", params)
+            rows_cur.execute(f"{fetch} FROM {_CURSOR_NAME}".encode())
+            conn.execute(b"ROLLBACK")
     except BaseException:
         # A failed statement aborts the rest of the pipeline, ROLLBACK included.
+        _forget_prepared(conn)
         if conn.info.transaction_status != pq.TransactionStatus.IDLE:
             _end_transaction(conn, "ROLLBACK")
         raise
@@ -1087,6 +1084,22 @@ def _empty_truncated() -> QueryResult:
         elapsed_ms=0.0,
         attempts=0,
     )
+
+
+def _forget_prepared(conn: psycopg.Connection[Any]) -> None:
+    """Drop psycopg's prepared statements of ``conn`` after a pipeline was aborted.
+
+    psycopg prepares a statement it has run five times, and counts it prepared as soon as
+    it queues the PREPARE. When a statement before it fails, the rest of the pipeline is
+    skipped, the PREPARE too, and psycopg would go on executing a statement the server
+    never prepared: the next ROLLBACK failed, the connection was closed, and the read
+    retried elsewhere as if the connection had been lost. Clearing the cache makes
+    psycopg deallocate them all on the next statement and count afresh. (psycopg 3.3's
+    prepared cache is not public API; without it, this changes nothing.)
+    """
+    prepared = getattr(conn, "_prepared", None)
+    if prepared is not None:
+        prepared.clear()
 
 
 def _cursor_settings(timeout_ms: int | None) -> bytes:
@@ -1433,10 +1446,13 @@ def assistant_limits() -> AssistantLimits:
     """The PGWARDEN_MCP_* limits every assistant session carries."""
     from django.conf import settings
 
-    return AssistantLimits(
-        max_timeout_ms=settings.PGWARDEN_MCP_MAX_TIMEOUT_MS,
-        lock_timeout_ms=settings.PGWARDEN_MCP_LOCK_TIMEOUT_MS,
-    )
+    return _limits(settings.PGWARDEN_MCP_MAX_TIMEOUT_MS, settings.PGWARDEN_MCP_LOCK_TIMEOUT_MS)
+
+
+@functools.lru_cache(maxsize=8)
+def _limits(max_timeout_ms: int, lock_timeout_ms: int) -> AssistantLimits:
+    # Read on every assistant call (the timeout's bound): built once per pair of values.
+    return AssistantLimits(max_timeout_ms=max_timeout_ms, lock_timeout_ms=lock_timeout_ms)
 
 
 def _invalidate_local() -> None:
