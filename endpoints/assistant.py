@@ -147,11 +147,6 @@ class AccessPolicy:
             cluster, writes, usable=True, message=verdict.access.warning or verdict.note
         )
 
-    def usable(self, cluster: str, *, writes: bool = False) -> bool:
-        """False only when the cluster's role was checked and refused."""
-        verdict = self._verdicts.get((cluster, writes))
-        return verdict is None or verdict.access is not None or not verdict.refused
-
     # Checking
 
     def _registered_role(self, cluster: str, writes: bool) -> StoredRole | None:

@@ -353,6 +353,7 @@ class PurposeTopology:
         return derived[1]
 
     def invalidate(self) -> None:
+        """As :meth:`Topology.invalidate`: the base reloads, and this view with it."""
         self.base.invalidate()
 
 
