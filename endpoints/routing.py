@@ -450,7 +450,7 @@ class Router:
         can_stream = max_rows is not None and _single_statement(classification)
         as_cursor = read_only and classification is not None and classification.cursor_ok
         # The byte cap is applied by the server while it produces rows: only for a cursor.
-        capped = _CappedStatement.of(sql_text, classification, max_bytes) if as_cursor else None
+        capped = _byte_capped(sql_text, classification, max_bytes) if as_cursor else None
         facts = _facts(sql_text, params, classification, view)
         # VACUUM, CREATE INDEX CONCURRENTLY...: never inside a transaction block.
         outside = facts.outside_transaction and not read_only
@@ -903,7 +903,7 @@ def _run_statement(
     as_cursor: bool = False,
     outside_transaction: bool = False,
     extended: bool = False,
-    capped: _CappedStatement | None = None,
+    capped: str | None = None,
 ) -> QueryResult:
     if outside_transaction:
         # PostgreSQL refuses it in a transaction block, so the timeout is the session's:
@@ -984,14 +984,15 @@ def _read_through_cursor(
     return result
 
 
-# A byte cap the server applies while it produces rows (see _CappedStatement).
+# A byte cap the server applies while it produces rows (see _byte_capped).
 _CAP_MARKER = "pgwarden: result over the byte cap at row "
 _CAP_ROW = re.compile(re.escape(_CAP_MARKER) + r"(\d+)")
 
 
-@dataclass(frozen=True, slots=True)
-class _CappedStatement:
-    """A SELECT wrapped so that the server stops once its rows pass ``max_bytes``.
+def _byte_capped(
+    sql_text: str, classification: Classification | None, max_bytes: int | None
+) -> str | None:
+    """A SELECT wrapped so that the server stops once its rows pass ``max_bytes``; or None.
 
     The wrapper keeps a running total of each row's size in its text form (what travels
     in text format, quoting included, so never less) and raises an error, recognisable
@@ -1001,36 +1002,27 @@ class _CappedStatement:
     thrown away. The error costs the FETCH its rows; the caller then fetches exactly the
     rows before that one (:func:`_read_capped`). The window keeps the query's own row
     order (no PARTITION BY or ORDER BY of its own) and reads rows as they are fetched.
+    None when there is no cap, or the SQL is not one SELECT a cursor takes.
     """
-
-    text: str
-    max_bytes: int
-
-    @classmethod
-    def of(
-        cls, sql_text: str, classification: Classification | None, max_bytes: int | None
-    ) -> _CappedStatement | None:
-        if max_bytes is None or classification is None or not classification.cursor_ok:
-            return None
-        trailing = classification.trailing_chars
-        statement = sql_text[: len(sql_text) - trailing] if trailing else sql_text
-        cap = int(max_bytes)
-        # The statement is the caller's SQL by design (checked by the guard, one statement).
-        text = (
-            "SELECT pgwarden_rows.*, CASE WHEN pg_catalog.sum(pg_catalog.octet_length("  # noqa: S608
-            "ROW(pgwarden_rows.*)::pg_catalog.text)) OVER pgwarden_window > "
-            f"{cap}::pg_catalog.int8 THEN pg_catalog.concat('{_CAP_MARKER}', "
-            "pg_catalog.row_number() OVER pgwarden_window)::pg_catalog.int4 END "
-            # A newline ends a trailing -- comment of the statement.
-            f"AS pgwarden_capped FROM (\n{statement}\n) AS pgwarden_rows "
-            "WINDOW pgwarden_window AS (ROWS UNBOUNDED PRECEDING)"
-        )
-        return cls(text, cap)
+    if max_bytes is None or classification is None or not classification.cursor_ok:
+        return None
+    trailing = classification.trailing_chars
+    statement = sql_text[: len(sql_text) - trailing] if trailing else sql_text
+    # The statement is the caller's SQL by design (checked by the guard, one statement).
+    return (
+        "SELECT pgwarden_rows.*, CASE WHEN pg_catalog.sum(pg_catalog.octet_length("  # noqa: S608
+        "ROW(pgwarden_rows.*)::pg_catalog.text)) OVER pgwarden_window > "
+        f"{int(max_bytes)}::pg_catalog.int8 THEN pg_catalog.concat('{_CAP_MARKER}', "
+        "pg_catalog.row_number() OVER pgwarden_window)::pg_catalog.int4 END "
+        # A newline ends a trailing -- comment of the statement.
+        f"AS pgwarden_capped FROM (\n{statement}\n) AS pgwarden_rows "
+        "WINDOW pgwarden_window AS (ROWS UNBOUNDED PRECEDING)"
+    )
 
 
 def _read_capped(
     conn: psycopg.Connection[Any],
-    capped: _CappedStatement,
+    capped_sql: str,
     params: Any,
     *,
     timeout_ms: int | None,
@@ -1048,7 +1040,7 @@ def _read_capped(
         try:
             result = _read_through_cursor(
                 conn,
-                capped.text,
+                capped_sql,
                 params,
                 timeout_ms=timeout_ms,
                 max_rows=max_rows,
