@@ -35,8 +35,8 @@ def main() -> int:
     from django.core.management import call_command
 
     from bench import dashboard_bench, failover_bench, health_bench, mcp_bench, routing_bench
-    from endpoints.localcluster import LocalPostgresCluster, local_redis_for_url
-    from endpoints.localstack import register_local_cluster
+    from endpoints.devstack.localcluster import LocalPostgresCluster, local_redis_for_url
+    from endpoints.devstack.localstack import register_local_cluster
 
     base = Path(tempfile.mkdtemp(prefix="pgwarden-bench-"))
     # The postgres OS user runs the servers and must reach their directories.

@@ -27,8 +27,8 @@ from django.db import connection
 from psycopg import sql
 
 from endpoints import failover, health, routing
-from endpoints.localcluster import LocalPostgresCluster
-from endpoints.localstack import register_local_cluster
+from endpoints.devstack.localcluster import LocalPostgresCluster
+from endpoints.devstack.localstack import register_local_cluster
 from endpoints.models import Cluster, Endpoint, Role, State
 
 Row = tuple[str, str, str, str, str]

@@ -44,9 +44,9 @@ from typing import Any
 import psycopg
 
 from endpoints import health
-from endpoints.localcluster import LocalPostgresCluster, SilentListener
+from endpoints.devstack.localcluster import LocalPostgresCluster, SilentListener
+from endpoints.health.probe import PROBE_SQL, check_endpoints
 from endpoints.models import Cluster, Endpoint, Role
-from endpoints.probe import PROBE_SQL, check_endpoints
 
 Row = tuple[str, str, str, str, str]
 

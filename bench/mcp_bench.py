@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from endpoints import queries, routing
+from endpoints import routing
+from endpoints.services import queries
 from tests.mcp_client import mcp_server
 
 Row = tuple[str, str, str, str, str]

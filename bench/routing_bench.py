@@ -12,10 +12,11 @@ import pglast
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from endpoints import classify as classify_module
-from endpoints import routing, topology
-from endpoints.localcluster import LocalPostgresCluster
+from endpoints import routing
+from endpoints.core import classify as classify_module
+from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint
+from endpoints.routing import topology
 
 Row = tuple[str, str, str, str, str]
 CLUSTER = "local"

@@ -14,10 +14,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from endpoints.charts import endpoint_history
 from endpoints.forms import ClusterForm, EndpointForm, EndpointInlineFormSet
+from endpoints.health.probe import ProbeResult, check_endpoints
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, HealthCheck, Role, State
-from endpoints.probe import ProbeResult, check_endpoints
+from endpoints.web.charts import endpoint_history
 
 HISTORY_ROWS = 20
 

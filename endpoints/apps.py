@@ -7,6 +7,6 @@ class EndpointsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from endpoints import topology
+        from endpoints.routing import topology
 
         topology.connect_signals()

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import URLPattern, path
 
-from endpoints import dashboard
+from endpoints.web import dashboard
 
 app_name = "fleet"
 

@@ -18,8 +18,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils.deconstruct import deconstructible
 
-from endpoints import crypto
-from endpoints.conninfo import ConnectionInfo, StoredRole
+from endpoints.core import crypto
+from endpoints.core.conninfo import ConnectionInfo, StoredRole
 
 
 class ReadPreference(models.TextChoices):

@@ -15,8 +15,8 @@ from celery import shared_task
 from django.conf import settings
 
 from endpoints import health
+from endpoints.health.probe import check_endpoint
 from endpoints.models import Cluster, Endpoint
-from endpoints.probe import check_endpoint
 
 
 @shared_task(name="endpoints.check_connection")

@@ -2,7 +2,7 @@
 
 from django.urls import URLPattern, path
 
-from endpoints import views
+from endpoints.web import views
 
 urlpatterns: list[URLPattern] = [
     path("metrics", views.metrics_view, name="metrics"),

@@ -13,7 +13,7 @@ admin allowed. A tool that is not allowed is not listed at all.
 
 Least privilege: ``--cluster`` is a scope (any other cluster is refused), and tools that
 run SQL connect with the cluster's assistant role (writes: its assistant write role),
-never with the operations role, as :class:`endpoints.assistant.AccessPolicy` decides. The
+never with the operations role, as :class:`endpoints.services.assistant.AccessPolicy` decides. The
 SQL read tools are listed only when some cluster in scope has a usable role; the write
 tools likewise. At most ``max_concurrent_queries`` SQL tool calls run at once; more are
 refused as busy at once. With ``allow_unsafe`` every answer carries a ``warning``.
@@ -36,11 +36,18 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from endpoints import catalog, fleet, queries, routing
-from endpoints.assistant import UNSAFE_FLAG, Access, AccessPolicy, AccessRefused, QuerySlots
-from endpoints.crypto import redact
+from endpoints import routing
+from endpoints.core.crypto import redact
 from endpoints.failover import FailoverError
 from endpoints.models import Cluster
+from endpoints.services import catalog, fleet, queries
+from endpoints.services.assistant import (
+    UNSAFE_FLAG,
+    Access,
+    AccessPolicy,
+    AccessRefused,
+    QuerySlots,
+)
 from mcpbridge.stdio import stdio_streams
 
 logger = logging.getLogger("pgwarden.mcp")

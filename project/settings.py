@@ -167,7 +167,7 @@ LOG_LEVEL = env.read("LOG_LEVEL")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact_secrets": {"()": "endpoints.crypto.RedactSecretsFilter"}},
+    "filters": {"redact_secrets": {"()": "endpoints.core.crypto.RedactSecretsFilter"}},
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
     },

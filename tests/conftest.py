@@ -1,7 +1,7 @@
 """Shared fixtures: a real PostgreSQL primary with two streaming replicas and a real Redis.
 
 Both are started once per test session on free loopback ports, with the same
-code ``make run`` uses (endpoints.localcluster), and torn down at the end.
+code ``make run`` uses (endpoints.devstack.localcluster), and torn down at the end.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from endpoints.localcluster import (
+from endpoints.devstack.localcluster import (
     LocalPostgresCluster,
     LocalRedis,
     SilentListener,
@@ -66,7 +66,7 @@ def redis_server() -> Iterator[LocalRedis]:
 @pytest.fixture
 def local_cluster(db, pg_cluster):
     """Cluster ``local`` registered in the test database, as ``make run`` registers it."""
-    from endpoints.localstack import register_local_cluster
+    from endpoints.devstack.localstack import register_local_cluster
 
     return register_local_cluster(pg_cluster).cluster
 
@@ -206,7 +206,7 @@ def fresh(redis_server: LocalRedis) -> Iterator[tuple[LocalPostgresCluster, Any]
     import psycopg
 
     from endpoints import routing
-    from endpoints.localstack import register_local_cluster
+    from endpoints.devstack.localstack import register_local_cluster
 
     local = LocalPostgresCluster(_scratch_dir("pgwarden-fresh-"), replicas=2)
     try:

@@ -18,8 +18,8 @@ _OWNER = "PGWARDEN_TEST_ENV_OWNER"
 
 
 def _free_port() -> int:
-    # Imported here: endpoints.localcluster does not need Django, but keep this module light.
-    from endpoints.localcluster import free_port
+    # Imported here: devstack.localcluster needs no Django, but keep this module light.
+    from endpoints.devstack.localcluster import free_port
 
     return free_port()
 

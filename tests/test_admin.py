@@ -15,7 +15,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from endpoints.localcluster import LocalPostgresCluster
+from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint, FailoverEvent, HealthCheck, Role, State
 
 # Scheduling slack on a loaded machine, well below a second timeout's worth.

@@ -29,8 +29,8 @@ from endpoints.alerts import (
     wait_for_deliveries,
 )
 from endpoints.health import Observation, sweep
+from endpoints.health.probe import ProbeResult
 from endpoints.models import Alert, Cluster, Endpoint, Role, State
-from endpoints.probe import ProbeResult
 from project import env
 from project.env import InvalidValue, parse_email_addresses, parse_email_url, parse_webhook_url
 

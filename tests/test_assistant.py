@@ -1,4 +1,4 @@
-"""Who an assistant connects as (endpoints.assistant, endpoints.privileges), on the real cluster."""
+"""Who an assistant connects as (services.assistant, services.privileges), on the real cluster."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ import time
 import psycopg
 import pytest
 
-from endpoints import assistant, privileges, routing
-from endpoints.assistant import AccessPolicy, AccessRefused, AssistantBusy, QuerySlots
-from endpoints.crypto import Secret
-from endpoints.localcluster import LocalPostgresCluster
-from endpoints.models import Cluster
-from endpoints.purposes import (
+from endpoints import routing
+from endpoints.core.crypto import Secret
+from endpoints.core.purposes import (
     ASSISTANT_READ,
     ASSISTANT_READ_AS_OPERATIONS,
     ASSISTANT_WRITE,
 )
-from endpoints.registry import RoleSpec, register_cluster
+from endpoints.devstack.localcluster import LocalPostgresCluster
+from endpoints.models import Cluster
+from endpoints.services import assistant, privileges
+from endpoints.services.assistant import AccessPolicy, AccessRefused, AssistantBusy, QuerySlots
+from endpoints.services.registration import RoleSpec, register_cluster
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_router")]
 

@@ -1,4 +1,4 @@
-"""endpoints.balancing: eligibility rules, read preferences, and every picking strategy.
+"""endpoints.core.balancing: eligibility rules, read preferences, and every picking strategy.
 
 Pure functions over plain data: no database, no network, seeded randomness.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from endpoints.balancing import (
+from endpoints.core.balancing import (
     READ_PREFERENCES,
     ROLES,
     STATES,

@@ -1,4 +1,4 @@
-"""endpoints.catalog against the real local cluster, through the router."""
+"""endpoints.services.catalog against the real local cluster, through the router."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from endpoints import catalog, routing, topology
-from endpoints.localcluster import LocalPostgresCluster
+from endpoints import routing
+from endpoints.core.purposes import ASSISTANT_READ
+from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster
-from endpoints.purposes import ASSISTANT_READ
+from endpoints.routing import topology
+from endpoints.services import catalog
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_router")]
 

@@ -1,4 +1,4 @@
-"""endpoints.classify: which SQL may run on a hot-standby replica, checked against a real one.
+"""endpoints.core.classify: which SQL may run on a hot-standby replica, checked against a real one.
 
 The table below is the specification. Every read in it that names only objects of the
 ``classify_t`` schema is run on a real streaming replica (it must succeed), and every write
@@ -18,7 +18,7 @@ from typing import Any, Literal, NamedTuple
 import psycopg
 import pytest
 
-from endpoints.classify import (
+from endpoints.core.classify import (
     CACHED_MAX_CHARS,
     MAX_CLASSIFIED_CHARS,
     READ_ONLY_FUNCTIONS,
@@ -28,7 +28,7 @@ from endpoints.classify import (
     is_write_function,
     to_server_placeholders,
 )
-from endpoints.localcluster import LocalPostgresCluster
+from endpoints.devstack.localcluster import LocalPostgresCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -423,7 +423,7 @@ def test_deeply_nested_sql_does_not_crash_the_process() -> None:
     # overflows it and kills the process. Run in a child so that a regression fails this test
     # instead of the whole session.
     code = (
-        "from endpoints.classify import classify\n"
+        "from endpoints.core.classify import classify\n"
         "for sql in ('SELECT 1' + '+1' * 60_000, 'SELECT 1' + ' UNION SELECT 2' * 16_000):\n"
         "    result = classify(sql)\n"
         "    assert result.kind == 'read', result\n"

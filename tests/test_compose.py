@@ -23,9 +23,14 @@ import pytest
 from django.conf import settings
 from django.urls import resolve
 
-from endpoints.localcluster import LocalPostgresCluster
+from endpoints.core.purposes import (
+    ASSISTANT_ROLE,
+    ASSISTANT_WRITE_ROLE,
+    assistant_role_sql,
+    quote_ident,
+)
+from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.management.commands.register_cluster import Command as RegisterClusterCommand
-from endpoints.purposes import ASSISTANT_ROLE, ASSISTANT_WRITE_ROLE, assistant_role_sql, quote_ident
 from project.env import VARIABLES
 from tests.conftest import ROOT
 

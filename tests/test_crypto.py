@@ -1,4 +1,4 @@
-"""endpoints.crypto: passwords encrypted at rest, keys that rotate, secrets kept out of logs."""
+"""core.crypto: passwords encrypted at rest, keys that rotate, secrets kept out of logs."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import override_settings
 
-from endpoints import crypto
-from endpoints.crypto import DecryptionError, RedactSecretsFilter, Secret
+from endpoints.core import crypto
+from endpoints.core.crypto import DecryptionError, RedactSecretsFilter, Secret
 from endpoints.models import Cluster, Endpoint
 
 PASSWORD = "crypto-test-password-Vb93"

@@ -1,4 +1,4 @@
-"""The fleet dashboard (endpoints.dashboard) through Django's test client.
+"""The fleet dashboard (endpoints.web.dashboard) through Django's test client.
 
 The registry rows are made here (no servers needed): states, scores and history are
 what sweeps would have written. The browser test (test_dashboard_browser.py) drives the
@@ -22,8 +22,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from endpoints import charts, crypto, dashboard
+from endpoints.core import crypto
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, HealthCheck, Role, State
+from endpoints.web import charts, dashboard
 
 pytestmark = pytest.mark.django_db
 

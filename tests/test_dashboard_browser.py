@@ -21,9 +21,10 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from endpoints import dashboard, health
-from endpoints.localcluster import LocalPostgresCluster
+from endpoints import health
+from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint, State
+from endpoints.web import dashboard
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import connection
 
 from endpoints import failover, health, routing
+from endpoints.devstack.localcluster import LocalPostgresCluster, LocalRedis, parse_lsn
 from endpoints.failover import (
     CandidateState,
     FailoverInProgress,
@@ -37,9 +38,8 @@ from endpoints.failover import (
     choose_failover_candidate,
     format_lsn,
 )
-from endpoints.localcluster import LocalPostgresCluster, LocalRedis, parse_lsn
+from endpoints.health.upstream import Streaming
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, Role, State
-from endpoints.upstream import Streaming
 from tests.conftest import ROOT, run_manage
 
 MiB = 1024 * 1024

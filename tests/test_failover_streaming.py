@@ -19,10 +19,9 @@ from typing import Any
 import pytest
 
 from endpoints import failover, health
-from endpoints.localcluster import LocalPostgresCluster
-from endpoints.models import Cluster, Endpoint, FailoverEvent, Role, State
-from endpoints.probe import WalSender
-from endpoints.upstream import (
+from endpoints.devstack.localcluster import LocalPostgresCluster
+from endpoints.health.probe import WalSender
+from endpoints.health.upstream import (
     NO_CLIENT_ADDRESS,
     Resolution,
     Resolver,
@@ -32,6 +31,7 @@ from endpoints.upstream import (
     recorded_streaming,
     streaming_from_primary,
 )
+from endpoints.models import Cluster, Endpoint, FailoverEvent, Role, State
 from tests.conftest import add_endpoint
 from tests.test_failover import endpoint, record_streams, sql, step_names
 

@@ -1,4 +1,4 @@
-"""endpoints.fleet against the real local cluster and Redis.
+"""endpoints.services.fleet against the real local cluster and Redis.
 
 Nothing here promotes or fences a server of the shared cluster: failover is only
 exercised on its refusals (and the plan, which changes nothing); the real
@@ -21,9 +21,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from endpoints import failover as failover_service
-from endpoints import fleet, health, routing
-from endpoints.localcluster import LocalPostgresCluster
+from endpoints import health, routing
+from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, HealthCheck, State
+from endpoints.services import fleet
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_router")]
 

@@ -23,13 +23,15 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import endpoints
-from endpoints import probe, routing, topology
+from endpoints import routing
+from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.health import (
     Observation,
     answering_primary,
     is_suspect,
     next_state,
     observe,
+    probe,
     probe_order,
     replication_lag_bytes,
     routing_relevant_change,
@@ -37,10 +39,10 @@ from endpoints.health import (
     sweep,
     sweep_was_starved,
 )
-from endpoints.localcluster import LocalPostgresCluster
+from endpoints.health.probe import ProbeResult, WalSender
+from endpoints.health.upstream import NO_CLIENT_ADDRESS, Resolution
 from endpoints.models import Alert, Cluster, Endpoint, HealthCheck, Role, State
-from endpoints.probe import ProbeResult, WalSender
-from endpoints.upstream import NO_CLIENT_ADDRESS, Resolution
+from endpoints.routing import topology
 from tests.conftest import add_endpoint
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -1,4 +1,4 @@
-"""endpoints.jsonsafe: values as JSON, alone and as the real server returns them."""
+"""endpoints.core.jsonsafe: values as JSON, alone and as the real server returns them."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import pytest
 from psycopg.types.multirange import Multirange
 from psycopg.types.range import Range
 
-from endpoints import queries, routing
-from endpoints.jsonsafe import iso_duration, shape_rows, to_json
-from endpoints.localcluster import LocalPostgresCluster
+from endpoints import routing
+from endpoints.core.jsonsafe import iso_duration, shape_rows, to_json
+from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster
+from endpoints.services import queries
 
 
 class Opaque:

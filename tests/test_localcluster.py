@@ -1,4 +1,4 @@
-"""endpoints.localcluster against real servers: PostgreSQL with two replicas, and Redis."""
+"""endpoints.devstack.localcluster against real servers: PostgreSQL with two replicas, and Redis."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from endpoints.localcluster import (
+from endpoints.devstack.localcluster import (
     LocalClusterError,
     LocalPostgresCluster,
     LocalRedis,

@@ -1,4 +1,4 @@
-"""endpoints.localstack: registering the local cluster and supervising real child processes."""
+"""devstack.localstack: registering the local cluster and supervising real child processes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from endpoints.localcluster import _process_alive
-from endpoints.localstack import StackError, Supervisor, register_local_cluster
+from endpoints.devstack.localcluster import _process_alive
+from endpoints.devstack.localstack import StackError, Supervisor, register_local_cluster
 from endpoints.models import Role
 
 PYTHON = sys.executable

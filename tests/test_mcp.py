@@ -20,8 +20,8 @@ import anyio
 import psycopg
 import pytest
 
+from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.health import sweep
-from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint
 from tests.conftest import ROOT, run_manage
 from tests.mcp_client import Body, Mcp, command, run_body

@@ -24,11 +24,11 @@ import anyio
 import psycopg
 import pytest
 
-from endpoints.crypto import MASK, Secret
-from endpoints.localcluster import LocalPostgresCluster
-from endpoints.localstack import register_local_cluster
+from endpoints.core.crypto import MASK, Secret
+from endpoints.devstack.localcluster import LocalPostgresCluster
+from endpoints.devstack.localstack import register_local_cluster
 from endpoints.models import Cluster, Endpoint
-from endpoints.registry import RoleSpec, register_cluster
+from endpoints.services.registration import RoleSpec, register_cluster
 from tests.conftest import run_manage
 from tests.mcp_client import Body, Mcp, run_body
 

@@ -29,10 +29,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from endpoints import health, routing
-from endpoints.localcluster import LocalPostgresCluster, free_port
-from endpoints.metrics import process_label
+from endpoints.devstack.localcluster import LocalPostgresCluster, free_port
 from endpoints.models import Cluster, Endpoint, FailoverEvent, Role, State
 from endpoints.routing import LATENCY_BUCKETS_MS, EndpointStats
+from endpoints.web.metrics import process_label
 from project.env import parse_bearer_token, read
 from tests.conftest import ROOT, add_endpoint
 

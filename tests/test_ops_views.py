@@ -14,7 +14,7 @@ import pytest
 from django.test import Client
 
 from endpoints import failover, health
-from endpoints.localcluster import LocalPostgresCluster, LocalRedis
+from endpoints.devstack.localcluster import LocalPostgresCluster, LocalRedis
 from endpoints.models import Cluster, Endpoint, FailoverEvent, Role, State
 from tests.test_metrics import broken_control_database, parse, value
 

@@ -1,4 +1,4 @@
-"""endpoints.pools against real servers: dead connections, refused and hung endpoints, rebuilds."""
+"""routing.pools against real servers: dead connections, refused and hung endpoints, rebuilds."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import time
 import psycopg
 import pytest
 
-from endpoints.conninfo import ConnectionInfo
-from endpoints.crypto import Secret
-from endpoints.localcluster import LocalPostgresCluster
-from endpoints.pools import (
+from endpoints.core.conninfo import ConnectionInfo
+from endpoints.core.crypto import Secret
+from endpoints.devstack.localcluster import LocalPostgresCluster
+from endpoints.routing.pools import (
     EndpointPool,
     EndpointUnreachable,
     PoolExhausted,
     PoolRegistry,
     connection_is_dead,
 )
-from endpoints.topology import EndpointView, PoolSettings
+from endpoints.routing.topology import EndpointView, PoolSettings
 
 
 def _view(

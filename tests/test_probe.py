@@ -1,4 +1,4 @@
-"""endpoints.probe against real servers: the local primary and replicas, dead and hung ports."""
+"""health.probe against real servers: the local primary and replicas, dead and hung ports."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import time
 import psycopg
 import pytest
 
-from endpoints import probe as probe_module
-from endpoints.conninfo import ConnectionInfo
-from endpoints.crypto import Secret
-from endpoints.localcluster import LocalPostgresCluster
-from endpoints.models import Cluster, Endpoint, Role
-from endpoints.probe import (
+from endpoints.core.conninfo import ConnectionInfo
+from endpoints.core.crypto import Secret
+from endpoints.devstack.localcluster import LocalPostgresCluster
+from endpoints.health import probe as probe_module
+from endpoints.health.probe import (
     PROBE_SQL,
     ProbeResult,
     WalSender,
@@ -24,6 +23,7 @@ from endpoints.probe import (
     sweep_endpoints,
     walsenders_from_json,
 )
+from endpoints.models import Cluster, Endpoint, Role
 
 # Scheduling slack on a loaded machine; far below the next whole second of a missed deadline.
 MARGIN_S = 1.0  # generous: CI machines have 2 cores and may be busy

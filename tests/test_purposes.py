@@ -1,16 +1,13 @@
-"""endpoints.purposes and the views derived from it: each purpose's role and session limits."""
+"""endpoints.core.purposes and the views derived from it: each purpose's role and session limits."""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
 
-from endpoints import topology
-from endpoints.conninfo import ConnectionInfo
-from endpoints.crypto import Secret
-from endpoints.localcluster import LocalPostgresCluster
-from endpoints.models import Cluster
-from endpoints.purposes import (
+from endpoints.core.conninfo import ConnectionInfo
+from endpoints.core.crypto import Secret
+from endpoints.core.purposes import (
     ASSISTANT_READ,
     ASSISTANT_READ_AS_OPERATIONS,
     ASSISTANT_WRITE,
@@ -20,7 +17,10 @@ from endpoints.purposes import (
     assistant_role_sql,
     session_settings,
 )
-from endpoints.registry import RoleSpec, register_cluster
+from endpoints.devstack.localcluster import LocalPostgresCluster
+from endpoints.models import Cluster
+from endpoints.routing import topology
+from endpoints.services.registration import RoleSpec, register_cluster
 
 LIMITS = AssistantLimits(max_timeout_ms=45_000, lock_timeout_ms=700)
 

@@ -1,4 +1,4 @@
-"""endpoints.queries against the real local cluster: a primary and two streaming replicas."""
+"""services.queries against the real local cluster: a primary and two streaming replicas."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from endpoints import queries, routing
-from endpoints.localcluster import LocalPostgresCluster
+from endpoints import routing
+from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster
 from endpoints.routing import QueryError
-from endpoints.sqlguard import Refused
+from endpoints.services import queries
+from endpoints.services.sqlguard import Refused
 from tests.conftest import terminate_backend_running
 
 pytestmark = pytest.mark.django_db(transaction=True)

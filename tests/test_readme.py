@@ -33,8 +33,8 @@ def test_the_configuration_table_names_no_unknown_variable() -> None:
 
 
 def test_the_assistant_role_sql_is_what_the_local_cluster_runs() -> None:
-    """The README's SQL for a real cluster is endpoints.purposes', statement for statement."""
-    from endpoints.purposes import ASSISTANT_ROLE, ASSISTANT_WRITE_ROLE, assistant_role_sql
+    """The README's SQL for a real cluster is endpoints.core.purposes', statement for statement."""
+    from endpoints.core.purposes import ASSISTANT_ROLE, ASSISTANT_WRITE_ROLE, assistant_role_sql
 
     section = README.split("### Roles: who the assistant connects as", 1)[1]
     block = section.split("```sql", 1)[1].split("```", 1)[0]

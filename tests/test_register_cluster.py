@@ -13,8 +13,8 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
-from endpoints.crypto import Secret
-from endpoints.localcluster import LocalPostgresCluster
+from endpoints.core.crypto import Secret
+from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.management.commands.register_cluster import EndpointArg, parse_endpoint
 from endpoints.models import Cluster, Endpoint, Role
 from tests.conftest import ROOT, run_manage

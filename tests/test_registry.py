@@ -1,4 +1,4 @@
-"""endpoints.registry: idempotent registration against the real test cluster's ports."""
+"""services.registration: idempotent registration against the real test cluster's ports."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from endpoints.crypto import Secret
-from endpoints.localcluster import LocalPostgresCluster, free_port
+from endpoints.core.crypto import Secret
+from endpoints.devstack.localcluster import LocalPostgresCluster, free_port
 from endpoints.models import Cluster, Endpoint, Role
-from endpoints.registry import EndpointSpec, register_cluster
+from endpoints.services.registration import EndpointSpec, register_cluster
 
 pytestmark = pytest.mark.django_db
 

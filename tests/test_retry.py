@@ -1,4 +1,4 @@
-"""endpoints.retry: retry delays per strategy, and the circuit breaker's state machine.
+"""endpoints.core.retry: retry delays per strategy, and the circuit breaker's state machine.
 
 Pure functions over plain data: no database, no sleeping; clocks are fake and randomness
 is seeded.
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from endpoints.retry import RETRY_STRATEGIES, CircuitBreaker, RetryPolicy, retry_delay_s
+from endpoints.core.retry import RETRY_STRATEGIES, CircuitBreaker, RetryPolicy, retry_delay_s
 
 
 class FakeClock:

@@ -13,17 +13,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from endpoints import routing, topology
+from endpoints import routing
+from endpoints.core.purposes import ASSISTANT_READ, ASSISTANT_WRITE, Purpose
+from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.health import sweep
-from endpoints.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint
-from endpoints.purposes import ASSISTANT_READ, ASSISTANT_WRITE, Purpose
 from endpoints.routing import (
     ClusterNotFound,
     Intent,
     NoEndpointAvailable,
     QueryError,
     WriteOutcomeUnknown,
+    topology,
 )
 from tests.conftest import run_manage, terminate_backend_running
 
@@ -612,7 +613,7 @@ def test_a_hung_replica_costs_one_deadline_then_reads_move_on(
 def test_endpoints_added_and_removed_take_effect_without_restart(
     cluster: Cluster, pg_cluster: LocalPostgresCluster
 ) -> None:
-    from endpoints.pools import registry
+    from endpoints.routing.pools import registry
 
     configure(cluster, read_preference="secondary", load_balancing="round_robin")
     served = {served_by(pg_cluster, routing.execute("local", PORT_SQL)) for _ in range(6)}

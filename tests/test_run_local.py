@@ -26,7 +26,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from endpoints.localcluster import (
+from endpoints.devstack.localcluster import (
     LocalPostgresCluster,
     _process_alive,
     _processes_in,

@@ -1,4 +1,4 @@
-"""endpoints.scoring: the health score and state rules, over plain values."""
+"""endpoints.core.scoring: the health score and state rules, over plain values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from endpoints.scoring import (
+from endpoints.core.scoring import (
     health_score,
     lag_over_bound,
     lag_penalty,

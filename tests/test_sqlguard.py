@@ -1,4 +1,4 @@
-"""endpoints.sqlguard: what an assistant's SQL may do, and proof on the real cluster."""
+"""endpoints.services.sqlguard: what an assistant's SQL may do, and proof on the real cluster."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import psycopg
 import pytest
 from pglast.parser import parse_sql
 
-from endpoints import queries, routing, sqlguard
-from endpoints.localcluster import LocalPostgresCluster
+from endpoints import routing
+from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster
-from endpoints.sqlguard import Refused
+from endpoints.services import queries, sqlguard
+from endpoints.services.sqlguard import Refused
 
 # Attempts to write or to escape a read, each with a substring of the reason it is refused.
 # They name the objects that the database test creates, so each is tried for real there too.

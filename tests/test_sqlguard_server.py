@@ -1,4 +1,4 @@
-"""endpoints.sqlguard's refusal table against a real PostgreSQL 15 server.
+"""endpoints.services.sqlguard's refusal table against a real PostgreSQL 15 server.
 
 Every name in the table exists on the server (or in the contrib extension that defines it,
 created in a transaction that is rolled back), every example is SQL the server accepts, and
@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from pglast.parser import parse_sql
 
-from endpoints import sqlguard
-from endpoints.localcluster import LocalPostgresCluster
-from endpoints.sqlguard import Refusal, Refused
+from endpoints.devstack.localcluster import LocalPostgresCluster
+from endpoints.services import sqlguard
+from endpoints.services.sqlguard import Refusal, Refused
 
 # Functions that contrib extensions define (the test server installs none of them). Their
 # existence is checked with the extension created in a transaction that is rolled back.

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from endpoints import topology
 from endpoints.health import (
     DISPATCH_KEY,
     SWEEP_LOCK_KEY,
@@ -27,6 +26,7 @@ from endpoints.health import (
     sweep_expiry_s,
 )
 from endpoints.models import Cluster, Endpoint, HealthCheck, Role
+from endpoints.routing import topology
 from endpoints.tasks import check_connection, dispatch_sweeps, sweep_cluster
 from endpoints.tasks import prune_health_checks as prune_task
 from tests.conftest import ROOT

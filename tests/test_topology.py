@@ -1,4 +1,4 @@
-"""endpoints.topology: snapshots from the registry, versions through Redis, fallbacks without it."""
+"""routing.topology: snapshots from the registry, versions through Redis, fallbacks without it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from endpoints import topology
 from endpoints.models import Cluster, Endpoint
-from endpoints.topology import Topology, load_snapshot
+from endpoints.routing import topology
+from endpoints.routing.topology import Topology, load_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

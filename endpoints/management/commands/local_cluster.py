@@ -14,7 +14,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from endpoints import failover
-from endpoints.localcluster import (
+from endpoints.devstack.localcluster import (
     DEFAULT_REDIS_URL,
     LocalClusterError,
     LocalNode,
@@ -23,7 +23,7 @@ from endpoints.localcluster import (
     default_cluster_dir,
     local_redis_for_url,
 )
-from endpoints.localstack import LOCAL_CLUSTER_NAME, register_local_cluster
+from endpoints.devstack.localstack import LOCAL_CLUSTER_NAME, register_local_cluster
 from endpoints.models import Cluster, Endpoint, Role, State
 
 

@@ -9,7 +9,7 @@
 What docker-compose.yml and scripts run. The password comes from a file or
 standard input, never from the command line, where every user of the machine
 can read it (ps, /proc). Options left out keep what the registry holds (see
-:mod:`endpoints.registry`), so running the same command again changes nothing.
+:mod:`endpoints.services.registration`), so running the same command again changes nothing.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import IO, Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from endpoints.crypto import Secret
+from endpoints.core.crypto import Secret
 from endpoints.models import Role, SslMode, validate_host
-from endpoints.registry import EndpointSpec, RoleSpec, register_cluster
+from endpoints.services.registration import EndpointSpec, RoleSpec, register_cluster
 
 DEFAULT_PORT = 5432
 ENDPOINT_SYNTAX = "NAME=ROLE@HOST[:PORT]"

@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from endpoints.crypto import DecryptionError, rotate
+from endpoints.core.crypto import DecryptionError, rotate
 from endpoints.models import Cluster, Endpoint
 
 # Every column that holds a Fernet token, by model.

@@ -11,8 +11,13 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from endpoints.localcluster import LocalClusterError, LocalPostgresCluster
-from endpoints.localstack import StackError, StackOptions, register_local_cluster, run_local_stack
+from endpoints.devstack.localcluster import LocalClusterError, LocalPostgresCluster
+from endpoints.devstack.localstack import (
+    StackError,
+    StackOptions,
+    register_local_cluster,
+    run_local_stack,
+)
 
 
 class Command(BaseCommand):

@@ -9,8 +9,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from endpoints.assistant import UNSAFE_FLAG, AccessPolicy, StartupCheck
 from endpoints.models import Cluster
+from endpoints.services.assistant import UNSAFE_FLAG, AccessPolicy, StartupCheck
 from mcpbridge.server import BridgeConfig, build_server
 
 logger = logging.getLogger("pgwarden.mcp")

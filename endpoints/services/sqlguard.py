@@ -1,6 +1,6 @@
 """Decide whether SQL sent by an assistant may run, as a read or as a write.
 
-:func:`check_read` admits one statement that :func:`endpoints.classify.classify` calls a read;
+:func:`check_read` admits one statement that :func:`endpoints.core.classify.classify` calls a read;
 :func:`check_write` admits one statement that is not transaction control, session state or
 ``ALTER SYSTEM``; :func:`check_explain` decides how ``EXPLAIN [ANALYZE]`` of a statement may
 run. All three refuse ``COPY`` and every name in :data:`REFUSALS`, wherever it appears in the
@@ -29,7 +29,7 @@ from pglast import ast
 
 # classify's parser entry point runs deeply nested SQL on a thread with a large enough stack;
 # the top-level statement type is not part of Classification, so it is parsed here again.
-from endpoints.classify import (
+from endpoints.core.classify import (
     CACHE_SIZE,
     CACHED_MAX_CHARS,
     CHILD_ATTRIBUTES,
@@ -40,7 +40,7 @@ from endpoints.classify import (
     is_write_function,
     to_server_placeholders,
 )
-from endpoints.classify import _parse as parse_statements
+from endpoints.core.classify import _parse as parse_statements
 from endpoints.routing import RoutingError
 
 RefusalKind = Literal["function", "function_prefix", "relation", "setting", "setting_substring"]

@@ -7,7 +7,7 @@ recent health checks for the sparklines (a time window and a row cap per endpoin
 served by the ``(endpoint, -checked_at)`` index). The page (``dashboard``) and its JSON
 view (``dashboard_data``) render each cluster with the same template, so the page's
 script swaps in exactly what a reload would show. Sparklines are drawn on the server by
-:mod:`endpoints.charts`, the renderer of the endpoint admin page's history chart.
+:mod:`endpoints.web.charts`, the renderer of the endpoint admin page's history chart.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.views.decorators.cache import never_cache
 
-from endpoints import charts, fleet
 from endpoints.admin import STATE_COLOURS, lag_text, state_badge
-from endpoints.crypto import redact
+from endpoints.core.crypto import redact
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, HealthCheck, Role, State
+from endpoints.services import fleet
+from endpoints.web import charts
 
 # The page fetches the JSON view this often (seconds).
 REFRESH_S = 3

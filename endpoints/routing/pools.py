@@ -39,8 +39,8 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from endpoints.crypto import redact
-from endpoints.topology import EndpointView
+from endpoints.core.crypto import redact
+from endpoints.routing.topology import EndpointView
 
 logger = logging.getLogger("pgwarden.pools")
 

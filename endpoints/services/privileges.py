@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from endpoints import routing
-from endpoints.purposes import Purpose
+from endpoints.core.purposes import Purpose
 
 # Predefined roles an assistant must not have the privileges of, and why.
 UNSAFE_MEMBERSHIPS: dict[str, str] = {

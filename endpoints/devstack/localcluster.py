@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
-from endpoints.purposes import (
+from endpoints.core.purposes import (
     ASSISTANT_ROLE,
     ASSISTANT_WRITE_ROLE,
     assistant_role_sql,
@@ -49,7 +49,7 @@ from endpoints.purposes import (
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 # PostgreSQL refuses to run as root, so when we are root its tools run as this OS user.
@@ -108,7 +108,7 @@ class _ClusterState:
     replication_password: str
     # Node name -> port, primary first.
     ports: dict[str, int]
-    # The MCP server's least-privilege roles (see endpoints.purposes); empty in a
+    # The MCP server's least-privilege roles (see endpoints.core.purposes); empty in a
     # cluster.json from before they existed, filled in at the next start.
     assistant_password: str = ""
     assistant_write_password: str = ""
@@ -671,7 +671,7 @@ class LocalPostgresCluster:
 
         The read role gets pg_read_all_data, the write role pg_read_all_data,
         pg_write_all_data and CREATE in the application database's public schema; both
-        carry the limits of :func:`endpoints.purposes.assistant_role_sql`. Existing roles
+        carry the limits of :func:`endpoints.core.purposes.assistant_role_sql`. Existing roles
         are left alone, so a start writes nothing (and works on a read-only old primary).
         """
         state = self._require_state()

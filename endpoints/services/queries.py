@@ -1,12 +1,12 @@
 """Guarded SQL services for an assistant: reads, writes, transactions and EXPLAIN.
 
-Each checks its arguments and the SQL (:mod:`endpoints.sqlguard`), runs it through the
+Each checks its arguments and the SQL (:mod:`endpoints.services.sqlguard`), runs it through the
 routing service (:mod:`endpoints.routing`) and returns plain JSON-safe data
-(:mod:`endpoints.jsonsafe`). Reads run in a ``READ ONLY`` transaction that is rolled back, so
+(:mod:`endpoints.core.jsonsafe`). Reads run in a ``READ ONLY`` transaction that is rolled back, so
 the server refuses writes that the SQL text does not show (a view calling a writing function).
 
 Every statement goes through an assistant router (``purpose``: the cluster's assistant role
-for reads, its assistant write role for writes, see :mod:`endpoints.purposes`), whose
+for reads, its assistant write role for writes, see :mod:`endpoints.core.purposes`), whose
 sessions send SQL over the extended query protocol only (one statement, whatever the text
 hides) with ``standard_conforming_strings`` on and a ``lock_timeout``. Results are bounded
 while they are read: ``max_rows``, and for a SELECT ``max_bytes`` applied by the server as
@@ -25,11 +25,12 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 
-from endpoints import routing, sqlguard
-from endpoints.classify import classify
-from endpoints.jsonsafe import shape_rows, to_json
-from endpoints.pools import watchdog
-from endpoints.purposes import ASSISTANT_READ, ASSISTANT_WRITE, Purpose
+from endpoints import routing
+from endpoints.core.classify import classify
+from endpoints.core.jsonsafe import shape_rows, to_json
+from endpoints.core.purposes import ASSISTANT_READ, ASSISTANT_WRITE, Purpose
+from endpoints.routing.pools import watchdog
+from endpoints.services import sqlguard
 
 DEFAULT_MAX_ROWS = 500
 MAX_ROWS_LIMIT = 10_000

@@ -25,12 +25,12 @@ from django.utils import timezone
 
 from endpoints import failover as failover_service
 from endpoints import health, routing
-from endpoints.conninfo import ConnectionInfo
-from endpoints.crypto import redact
+from endpoints.core.conninfo import ConnectionInfo
+from endpoints.core.crypto import redact
+from endpoints.core.purposes import ASSISTANT_READ, Purpose
+from endpoints.health.probe import ProbeResult, probe_async
 from endpoints.models import Cluster, Endpoint, FailoverEvent, HealthCheck, Role
-from endpoints.probe import ProbeResult, probe_async
-from endpoints.purposes import ASSISTANT_READ, Purpose
-from endpoints.topology import ClusterView
+from endpoints.routing.topology import ClusterView
 
 SYSTEM_USERNAME = "pgwarden-mcp"
 VIA = "via MCP"

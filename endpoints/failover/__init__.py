@@ -55,7 +55,7 @@ replay paused receives on). The most WAL replayed wins, then ``promotion_priorit
 weight, then the name.
 
 *Observed streaming* is seen from the primary's side, which a server that merely answers
-probes as a replica cannot forge (:mod:`endpoints.upstream`): the primary's
+probes as a replica cannot forge (:mod:`endpoints.health.upstream`): the primary's
 ``pg_stat_replication`` must show a walsender in state ``streaming`` whose
 ``application_name`` is the endpoint's registered name and whose ``client_addr`` is one of
 the addresses the endpoint's registered host resolves to. When the primary answers as a
@@ -122,12 +122,13 @@ from django.utils import timezone
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from endpoints import topology, upstream
 from endpoints.alerts import notify_event
-from endpoints.crypto import DecryptionError, redact, remember
+from endpoints.core.crypto import DecryptionError, redact, remember
+from endpoints.health import upstream
+from endpoints.health.probe import ProbeResult, check_endpoints
+from endpoints.health.upstream import Streaming, recorded_streaming, streaming_from_primary
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, Role, State
-from endpoints.probe import ProbeResult, check_endpoints
-from endpoints.upstream import Streaming, recorded_streaming, streaming_from_primary
+from endpoints.routing import topology
 
 logger = logging.getLogger("pgwarden.failover")
 
@@ -1181,7 +1182,7 @@ def _undo_read_only(endpoint: Endpoint, audit: _Audit) -> None:
 
 def readmit(endpoint: Endpoint) -> None:
     """Clear the fence of an endpoint rebuilt as a replica: it must answer, in recovery."""
-    from endpoints.probe import check_endpoint
+    from endpoints.health.probe import check_endpoint
 
     result = check_endpoint(endpoint)
     if not result.ok:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.conninfo import timeout_from_conninfo
 
-from endpoints.conninfo import ConnectionInfo
-from endpoints.crypto import DecryptionError, redact
+from endpoints.core.conninfo import ConnectionInfo
+from endpoints.core.crypto import DecryptionError, redact
 
 if TYPE_CHECKING:
     from endpoints.models import Endpoint

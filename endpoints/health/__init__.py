@@ -6,7 +6,7 @@ A sweep (:func:`sweep`)
    cluster's ``probe_timeout_s``, so a hung endpoint costs one probe timeout and
    delays no other. Connection set-ups take turns so that CPU is spent on some
    of them finishing in time rather than all of them finishing late
-   (:func:`endpoints.probe.sweep_endpoints`, in :func:`probe_order`); endpoints
+   (:func:`endpoints.health.probe.sweep_endpoints`, in :func:`probe_order`); endpoints
    the machine had no time for are left as they were and go first next sweep.
    Probes that overran the deadline because this process was starved of CPU are
    recorded, but their failures not counted (:func:`sweep_was_starved`);
@@ -14,10 +14,10 @@ A sweep (:func:`sweep`)
    each Endpoint's observed fields: recovery, WAL position, latency, lag in
    seconds and in bytes behind the primary's WAL position from the same sweep,
    consecutive failures, role mismatch, health score and state (the rules and
-   the score formula are in :mod:`endpoints.scoring`). When the registered
+   the score formula are in :mod:`endpoints.core.scoring`). When the registered
    primary answered as a primary, every replica endpoint also gets ``upstream``
    (that primary if its ``pg_stat_replication`` shows the replica streaming, by
-   name and address: :func:`endpoints.upstream.streaming_from_primary`; else
+   name and address: :func:`endpoints.health.upstream.streaming_from_primary`; else
    NULL) and ``upstream_observed_at``; when it did not, both stay as the last
    sweep in which it answered left them, which is what automatic failover
    relies on (only a replica observed streaming from the primary is promoted);
@@ -66,10 +66,13 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 from redis.lock import Lock
 
-from endpoints import alerts, scoring, topology, upstream
+from endpoints import alerts
+from endpoints.core import scoring
+from endpoints.health import upstream
+from endpoints.health.probe import ProbeResult, WalSender, sweep_endpoints
+from endpoints.health.upstream import Resolution, Streaming, streaming_from_primary
 from endpoints.models import Cluster, Endpoint, HealthCheck, Role, State
-from endpoints.probe import ProbeResult, WalSender, sweep_endpoints
-from endpoints.upstream import Resolution, Streaming, streaming_from_primary
+from endpoints.routing import topology
 
 logger = logging.getLogger("pgwarden.health")
 
@@ -154,7 +157,7 @@ def replication_lag_bytes(primary_lsn: int | None, result: ProbeResult) -> int |
 
 
 def next_state(current: str, *, ok: bool, consecutive_failures: int, threshold: int) -> str:
-    """State after a probe, availability only (see :func:`endpoints.scoring.next_state`)."""
+    """State after a probe, availability only (see :func:`endpoints.core.scoring.next_state`)."""
     return scoring.next_state(
         current, ok=ok, consecutive_failures=consecutive_failures, threshold=threshold
     )
@@ -301,7 +304,7 @@ def streams_seen(
     """Each replica endpoint (by primary key): is it among the primary's ``walsenders``?
 
     ``resolutions`` maps each replica's host to its addresses (see
-    :meth:`endpoints.upstream.Resolver.resolve_all`).
+    :meth:`endpoints.health.upstream.Resolver.resolve_all`).
     """
     senders = tuple(walsenders)
     return {

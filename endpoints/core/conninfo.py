@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from endpoints.crypto import MASK, Secret, decrypt
+from endpoints.core.crypto import MASK, Secret, decrypt
 
 APPLICATION_NAME = "pgwarden"
 

@@ -31,17 +31,17 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
-from endpoints.balancing import Candidate
-from endpoints.conninfo import ConnectionInfo, StoredRole
-from endpoints.crypto import DecryptionError, Secret
-from endpoints.purposes import (
+from endpoints.core.balancing import Candidate
+from endpoints.core.conninfo import ConnectionInfo, StoredRole
+from endpoints.core.crypto import DecryptionError, Secret
+from endpoints.core.purposes import (
     ASSISTANT_APPLICATION_NAME,
     OPERATIONS,
     AssistantLimits,
     Purpose,
     session_settings,
 )
-from endpoints.retry import RetryPolicy
+from endpoints.core.retry import RetryPolicy
 
 logger = logging.getLogger("pgwarden.topology")
 

@@ -1,7 +1,7 @@
 """Operations endpoints: Prometheus metrics, liveness, readiness and per-cluster checks.
 
 =================================  =========================================================
-``GET /metrics``                   Prometheus text format (:mod:`endpoints.metrics`); a
+``GET /metrics``                   Prometheus text format (:mod:`endpoints.web.metrics`); a
                                    bearer token when ``PGWARDEN_METRICS_TOKEN`` is set
 ``GET /healthz``                   the web process answers (no database, no Redis)
 ``GET /readyz``                    the control database and Redis answer; 503 naming what
@@ -16,7 +16,7 @@ is that primary, or one of those replicas), for checkers that probe each server.
 
 The cluster checks read the registry on every request (not this process's routing
 snapshot), so a failover recorded by any process shows at once, and judge it with
-routing's own eligibility rules (:func:`endpoints.metrics.registry_view`): a load balancer
+routing's own eligibility rules (:func:`endpoints.web.metrics.registry_view`): a load balancer
 or script polling them follows pgwarden's view, as HAProxy follows Patroni's ``/primary``.
 They answer GET, HEAD and OPTIONS (HAProxy's ``option httpchk`` sends OPTIONS unless told
 otherwise) with the same status. Only ``/metrics`` can require a token: the checks reveal
@@ -40,9 +40,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_safe
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from endpoints import metrics
-from endpoints.crypto import redact
+from endpoints.core.crypto import redact
 from endpoints.models import Cluster, Endpoint
+from endpoints.web import metrics
 
 # Readiness must answer quickly, whatever Redis does.
 READY_REDIS_TIMEOUT_S = 1.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from endpoints import routing
-from endpoints.purposes import ASSISTANT_READ, Purpose
+from endpoints.core.purposes import ASSISTANT_READ, Purpose
 
 # relkind -> what callers see. Indexes, sequences, composite and TOAST types are left out.
 KINDS = {

@@ -1,6 +1,6 @@
 """The local stack behind ``make run``: servers, registration, and the processes we supervise.
 
-:mod:`endpoints.localcluster` runs PostgreSQL and Redis; this module ties
+:mod:`endpoints.devstack.localcluster` runs PostgreSQL and Redis; this module ties
 them to Django (registering cluster ``local``) and runs web, worker and beat
 until interrupted, then stops everything it started, so nothing is orphaned.
 """
@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from endpoints.crypto import Secret
-from endpoints.localcluster import (
+from endpoints.core.crypto import Secret
+from endpoints.devstack.localcluster import (
     PROJECT_ROOT,
     LocalPostgresCluster,
     default_cluster_dir,
     local_redis_for_url,
 )
 from endpoints.models import Role
-from endpoints.registry import EndpointSpec, Registration, RoleSpec, register_cluster
+from endpoints.services.registration import EndpointSpec, Registration, RoleSpec, register_cluster
 
 logger = logging.getLogger("pgwarden.localstack")
 

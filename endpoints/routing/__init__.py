@@ -14,12 +14,12 @@ The same code runs in the web process, the Celery worker and the MCP server::
         ...
     routing.stats("orders")
 
-Each request: classify the SQL (:mod:`endpoints.classify`, PostgreSQL's own
+Each request: classify the SQL (:mod:`endpoints.core.classify`, PostgreSQL's own
 parser, cached), choose the eligible endpoints (:func:`balancing.select_eligible`:
 role, read preference, lag bound, circuit breaker, weight), let the cluster's
-strategy pick one, take a connection from its pool (:mod:`endpoints.pools`),
+strategy pick one, take a connection from its pool (:mod:`endpoints.routing.pools`),
 run, and on a connection failure retry elsewhere by the cluster's retry policy
-(:mod:`endpoints.retry`).
+(:mod:`endpoints.core.retry`).
 
 What is retried: failing to obtain or open a connection, and reads whose
 connection failed. A write whose statement may have reached the server is
@@ -48,11 +48,13 @@ import psycopg
 from psycopg import pq, sql
 from psycopg._queries import PostgresQuery
 
-from endpoints import pools as pools_module
-from endpoints.balancing import Balancer, Candidate, Selection, select_eligible
-from endpoints.classify import Classification, classify
-from endpoints.crypto import redact
-from endpoints.pools import (
+from endpoints.core.balancing import Balancer, Candidate, Selection, select_eligible
+from endpoints.core.classify import Classification, classify
+from endpoints.core.crypto import redact
+from endpoints.core.purposes import OPERATIONS, AssistantLimits, Purpose
+from endpoints.core.retry import CircuitBreaker, retry_delay_s
+from endpoints.routing import pools as pools_module
+from endpoints.routing.pools import (
     EndpointPool,
     EndpointUnreachable,
     PoolExhausted,
@@ -60,9 +62,7 @@ from endpoints.pools import (
     TrackedConnection,
     watchdog,
 )
-from endpoints.purposes import OPERATIONS, AssistantLimits, Purpose
-from endpoints.retry import CircuitBreaker, retry_delay_s
-from endpoints.topology import (
+from endpoints.routing.topology import (
     ClusterView,
     EndpointView,
     PurposeTopology,
@@ -388,7 +388,7 @@ class Router:
     """Routes requests of one purpose (operations, or an assistant's) across clusters.
 
     An assistant router's connections use the cluster's assistant role (see
-    :mod:`endpoints.purposes`) and send every statement over the extended query protocol,
+    :mod:`endpoints.core.purposes`) and send every statement over the extended query protocol,
     which carries exactly one statement: SQL text never reaches the server through the
     simple protocol, which would run everything after a ``;``.
     """

@@ -18,8 +18,8 @@ from functools import partial
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import transaction
 
-from endpoints.conninfo import StoredRole
-from endpoints.crypto import DecryptionError, Secret
+from endpoints.core.conninfo import StoredRole
+from endpoints.core.crypto import DecryptionError, Secret
 from endpoints.models import Cluster, Endpoint, Role
 
 logger = logging.getLogger("pgwarden.registry")

@@ -97,7 +97,7 @@ def health_score(
 def lag_over_bound(lag_s: float | None, max_lag_s: float | None) -> bool:
     """Whether a replay lag exceeds the bound; an unknown lag or no bound is within it.
 
-    The same rule as the router's (endpoints.balancing), so state, alerts and
+    The same rule as the router's (endpoints.core.balancing), so state, alerts and
     routing agree on which replicas lag too much.
     """
     return max_lag_s is not None and lag_s is not None and lag_s > max_lag_s

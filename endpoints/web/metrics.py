@@ -14,7 +14,7 @@ builds every metric family at scrape time from two sources:
   router, a pool or a connection to a managed cluster.
 
 The same eligibility rules decide, from the registry, which primary and which replicas
-the health-check views (:mod:`endpoints.views`) report: :func:`registry_view`.
+the health-check views (:mod:`endpoints.web.views`) report: :func:`registry_view`.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from endpoints import routing
-from endpoints.balancing import Candidate, select_eligible
+from endpoints.core.balancing import Candidate, select_eligible
+from endpoints.core.retry import CLOSED, HALF_OPEN, OPEN
 from endpoints.models import Cluster, Endpoint, FailoverEvent, Role, State
-from endpoints.retry import CLOSED, HALF_OPEN, OPEN
 
 logger = logging.getLogger("pgwarden.metrics")
 

@@ -2,7 +2,7 @@
 
 The MCP server (``manage.py run_mcp``) asks :class:`AccessPolicy` which role each tool
 call may use. Reads connect with the cluster's assistant role, writes with its assistant
-write role, each checked once (:func:`endpoints.privileges.check_role`) before it is used,
+write role, each checked once (:func:`endpoints.services.privileges.check_role`) before it is used,
 and again whenever the registry gives the cluster another role or password. A cluster whose
 role is missing or unsafe (a superuser, a role that reads settings or files) is refused
 with one line that says what to create, unless the operator passed the explicit unsafe
@@ -21,14 +21,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from endpoints import privileges, routing
-from endpoints.conninfo import StoredRole
-from endpoints.purposes import (
+from endpoints import routing
+from endpoints.core.conninfo import StoredRole
+from endpoints.core.purposes import (
     ASSISTANT_ROLE,
     ASSISTANT_WRITE_ROLE,
     Purpose,
     assistant_purpose,
 )
+from endpoints.services import privileges
 
 UNSAFE_FLAG = "--unsafe-allow-privileged-roles"
 # A role's privileges can change on the server without the registry knowing: a usable role
