@@ -71,7 +71,8 @@ def test_first_line_keeps_the_cause_and_masks_secrets():
     exc = RuntimeError("password s3cret rejected\nDETAIL: more")
     line = first_line(exc, "s3cret")
     assert "s3cret" not in line
-    assert line.startswith("password ") and line.endswith(" rejected")
+    assert line.startswith("password ")
+    assert line.endswith(" rejected")
     assert "DETAIL" not in first_line(exc)
     assert first_line(ValueError("")) == "ValueError"
 
