@@ -14,7 +14,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from endpoints import health
+from endpoints import control, health
 from endpoints.health.probe import check_endpoint
 from endpoints.models import Cluster, Endpoint
 
@@ -37,7 +37,7 @@ def check_connection(endpoint_id: int) -> dict[str, Any]:
 @shared_task(name="endpoints.sweep_cluster", ignore_result=True)
 def sweep_cluster(cluster_id: int) -> dict[str, Any]:
     """One sweep of one cluster, skipped when another sweep of it is running anywhere."""
-    return asdict(health.sweep_exclusively(cluster_id))
+    return asdict(control.sweep_exclusively(cluster_id))
 
 
 @shared_task(name="endpoints.dispatch_sweeps", ignore_result=True)

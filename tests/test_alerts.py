@@ -28,8 +28,9 @@ from endpoints.alerts import (
     raise_alert,
     wait_for_deliveries,
 )
-from endpoints.health import Observation, sweep
-from endpoints.health.probe import ProbeResult
+from endpoints.control import sweep
+from endpoints.core.observations import Observation, ProbeResult
+from endpoints.core.waiting import poll_until
 from endpoints.models import Alert, Cluster, Endpoint, Role, State
 from project import env
 from project.env import InvalidValue, parse_email_addresses, parse_email_url, parse_webhook_url
@@ -52,9 +53,7 @@ class Receiver(http.server.ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/hooks/secret-token-123"
 
     def wait_for(self, count: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout_s
-        while len(self.bodies) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
+        poll_until(lambda: len(self.bodies) >= count, timeout_s=timeout_s, interval_s=0.02)
         return self.bodies
 
     def close(self) -> None:

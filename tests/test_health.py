@@ -1,17 +1,15 @@
 """endpoints.health: sweeps against the real cluster record lag, recovery, failures and roles.
 
-A hung endpoint is a real TCP listener that never answers (``silent_port``); automatic
-failover and write refusal are reached through ``endpoints.failover``, replaced here by a
-recording stand-in so that no test promotes or fences the shared cluster's servers.
+A hung endpoint is a real TCP listener that never answers (``silent_port``). Sweeps run
+through the control cycle (:func:`endpoints.control.sweep`), as in production; its
+reactions (failover, write refusal) are tested in ``test_control.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
-import types
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -22,8 +20,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-import endpoints
 from endpoints import routing
+from endpoints.control import sweep
+from endpoints.core.observations import ProbeResult, WalSender
 from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.health import (
     Observation,
@@ -36,14 +35,12 @@ from endpoints.health import (
     replication_lag_bytes,
     routing_relevant_change,
     streams_seen,
-    sweep,
     sweep_was_starved,
 )
-from endpoints.health.probe import ProbeResult, WalSender
 from endpoints.health.upstream import NO_CLIENT_ADDRESS, Resolution
 from endpoints.models import Alert, Cluster, Endpoint, HealthCheck, Role, State
 from endpoints.routing import topology
-from tests.conftest import add_endpoint
+from tests.helpers.registry import add_endpoint
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -61,42 +58,6 @@ def timed_sweep(cluster: Cluster) -> tuple[dict[str, Observation], float]:
     started = time.monotonic()
     observations = sweep(cluster)
     return {o.endpoint.name: o for o in observations}, time.monotonic() - started
-
-
-class FailoverStandIn:
-    """Records the calls a sweep makes to endpoints.failover."""
-
-    def __init__(self, error: Exception | None = None) -> None:
-        self.primary_down: list[str] = []
-        self.refused: list[str] = []
-        self.error = error
-        self.module = types.ModuleType("endpoints.failover")
-        self.module.on_primary_down = self.on_primary_down  # type: ignore[attr-defined]
-        self.module.refuse_writes = self.refuse_writes  # type: ignore[attr-defined]
-
-    def on_primary_down(self, cluster: Cluster) -> None:
-        self.primary_down.append(cluster.name)
-        if self.error:
-            raise self.error
-
-    def refuse_writes(self, endpoint: Endpoint) -> None:
-        self.refused.append(endpoint.name)
-        if self.error:
-            raise self.error
-
-
-def replace_failover_module(monkeypatch: pytest.MonkeyPatch, module: object) -> None:
-    # Both: `from endpoints import failover` reads the package attribute once the real
-    # module was imported, sys.modules before that.
-    monkeypatch.setitem(sys.modules, "endpoints.failover", module)
-    monkeypatch.setattr(endpoints, "failover", module, raising=False)
-
-
-@pytest.fixture
-def failover(monkeypatch: pytest.MonkeyPatch) -> FailoverStandIn:
-    stand_in = FailoverStandIn()
-    replace_failover_module(monkeypatch, stand_in.module)
-    return stand_in
 
 
 @pytest.fixture
@@ -505,123 +466,6 @@ def test_a_registered_primary_in_recovery_is_flagged(
     messages = sorted(Alert.objects.filter(cluster=swapped).values_list("message", flat=True))
     assert any("registered as primary but in recovery" in m for m in messages), messages
     assert any("registered as a replica but not in recovery" in m for m in messages), messages
-
-
-# Reactions: failover and split brain
-
-
-def test_a_primary_down_for_the_threshold_hands_over_to_failover_on_every_sweep(
-    local_cluster: Cluster, closed_port: int, failover: FailoverStandIn
-) -> None:
-    configure(local_cluster, failure_threshold=2, auto_failover=True)
-    Endpoint.objects.filter(cluster=local_cluster, name="primary").update(port=closed_port)
-
-    sweep(local_cluster)
-    assert failover.primary_down == []
-    sweep(local_cluster)
-    assert failover.primary_down == ["local"]
-    sweep(local_cluster)
-    assert failover.primary_down == ["local", "local"]
-    alert = Alert.objects.get(cluster=local_cluster, key="primary_down")
-    assert "automatic failover is starting" in alert.message
-
-
-def test_without_automatic_failover_a_down_primary_only_alerts(
-    local_cluster: Cluster, closed_port: int, failover: FailoverStandIn
-) -> None:
-    configure(local_cluster, failure_threshold=1, auto_failover=False)
-    Endpoint.objects.filter(cluster=local_cluster, name="primary").update(port=closed_port)
-
-    sweep(local_cluster)
-
-    assert failover.primary_down == []
-    alert = Alert.objects.get(cluster=local_cluster, key="primary_down")
-    assert "manage.py failover local" in alert.message
-
-
-@pytest.mark.parametrize("module", ["missing", "raising"])
-def test_a_missing_or_failing_failover_module_is_logged_and_the_sweep_goes_on(
-    local_cluster: Cluster,
-    closed_port: int,
-    monkeypatch: pytest.MonkeyPatch,
-    pgwarden_logs: pytest.LogCaptureFixture,
-    module: str,
-) -> None:
-    configure(local_cluster, failure_threshold=1, auto_failover=True)
-    Endpoint.objects.filter(cluster=local_cluster, name="primary").update(port=closed_port)
-    if module == "missing":
-        # None in sys.modules makes the import fail as a module that is not there would.
-        monkeypatch.setitem(sys.modules, "endpoints.failover", None)
-        monkeypatch.delattr(endpoints, "failover", raising=False)
-    else:
-        stand_in = FailoverStandIn(error=RuntimeError("promotion went wrong"))
-        replace_failover_module(monkeypatch, stand_in.module)
-
-    observations = sweep(local_cluster)
-
-    assert len(observations) == 3
-    assert HealthCheck.objects.filter(endpoint__cluster=local_cluster).count() == 3
-    errors = [r for r in pgwarden_logs.records if r.levelno == logging.ERROR]
-    assert any("automatic failover of cluster local failed" in r.message for r in errors)
-
-
-@pytest.fixture
-def read_only_role(pg_cluster: LocalPostgresCluster) -> Iterator[tuple[str, str]]:
-    """A login role whose sessions default to read-only: a primary that refused writes."""
-    name, password = "fenced_probe", "fenced-probe-password-1"
-    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
-        conn.execute(f"DROP ROLE IF EXISTS {name}")
-        conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
-        conn.execute(f"ALTER ROLE {name} SET default_transaction_read_only = on")
-    yield name, password
-    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
-        conn.execute(f"DROP ROLE IF EXISTS {name}")
-
-
-def test_a_fenced_endpoint_answering_as_a_writable_primary_is_split_brain(
-    local_cluster: Cluster,
-    pg_cluster: LocalPostgresCluster,
-    failover: FailoverStandIn,
-    read_only_role: tuple[str, str],
-) -> None:
-    # An old primary, fenced after a failover, back up and not in recovery.
-    old = add_endpoint(local_cluster, "old-primary", pg_cluster.primary.port, state=State.FENCED)
-
-    for _ in range(3):
-        observed = {o.endpoint.name: o for o in sweep(local_cluster)}
-        assert observed["old-primary"].state == State.FENCED
-        assert observed["old-primary"].writable_while_fenced
-
-    # Write refusal is asked for on every sweep until it holds; one alert, no storm.
-    assert failover.refused == ["old-primary"] * 3
-    [alert] = Alert.objects.filter(cluster=local_cluster, cleared_at__isnull=True)
-    assert (alert.key, alert.kind) == (f"split_brain:{old.pk}", Alert.Kind.SPLIT_BRAIN)
-    assert alert.severity == Alert.Severity.CRITICAL
-    assert "pgwarden makes it refuse writes" in alert.message
-    old.refresh_from_db()
-    assert old.state == State.FENCED
-
-    # Once it refuses writes (its sessions default to read-only), it is left alone.
-    role, password = read_only_role
-    old.user = role
-    old.set_password(password)
-    old.save()
-    sweep(local_cluster)
-    assert failover.refused == ["old-primary"] * 3
-    assert Alert.objects.filter(cluster=local_cluster, cleared_at__isnull=True).count() == 1
-
-
-def test_split_brain_without_write_refusal_alerts_only(
-    local_cluster: Cluster, pg_cluster: LocalPostgresCluster, failover: FailoverStandIn
-) -> None:
-    configure(local_cluster, fence_writes=False)
-    add_endpoint(local_cluster, "old-primary", pg_cluster.primary.port, state=State.FENCED)
-
-    sweep(local_cluster)
-
-    assert failover.refused == []
-    alert = Alert.objects.get(cluster=local_cluster, kind=Alert.Kind.SPLIT_BRAIN)
-    assert "make it refuse writes or stop it" in alert.message
 
 
 # Topology notices

@@ -17,19 +17,19 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from endpoints import coordination
+from endpoints.coordination import DISPATCH_KEY, SWEEP_LOCK_KEY
+from endpoints.core.waiting import poll_until
 from endpoints.health import (
-    DISPATCH_KEY,
-    SWEEP_LOCK_KEY,
     claim_due_sweeps,
     dispatch_claim_ttl_s,
     prune_health_checks,
     sweep_expiry_s,
 )
 from endpoints.models import Cluster, Endpoint, HealthCheck, Role
-from endpoints.routing import topology
 from endpoints.tasks import check_connection, dispatch_sweeps, sweep_cluster
 from endpoints.tasks import prune_health_checks as prune_task
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -118,7 +118,7 @@ def test_a_sweep_of_a_removed_cluster_is_skipped(db: None, redis_server: Any) ->
 
 
 def test_each_cluster_is_claimed_once_per_interval(redis_server: Any) -> None:
-    client = topology.redis_client()
+    client = coordination.redis_client()
     clusters = [(9001, 1.0), (9002, 5.0)]
     for cluster_id, _ in clusters:
         client.delete(DISPATCH_KEY.format(cluster_id=cluster_id))
@@ -142,7 +142,7 @@ def test_claims_and_expiries_follow_the_interval_at_beats_one_second_tick() -> N
 def test_dispatch_sends_sweeps_only_for_clusters_that_are_due(
     local_cluster: Cluster, redis_server: Any
 ) -> None:
-    client = topology.redis_client()
+    client = coordination.redis_client()
     slow = Cluster.objects.create(name="slow", check_interval_s=3600)
     for cluster in (local_cluster, slow):
         client.delete(DISPATCH_KEY.format(cluster_id=cluster.pk))
@@ -189,10 +189,8 @@ def test_the_prune_task_runs_on_a_worker_with_the_retention_setting(
 
     prune_task.delay()
 
-    deadline = time.monotonic() + 30
-    while HealthCheck.objects.count() > 2:
-        assert time.monotonic() < deadline, "the worker did not prune"
-        time.sleep(0.2)
+    pruned = poll_until(lambda: HealthCheck.objects.count() <= 2, timeout_s=30, interval_s=0.2)
+    assert pruned, "the worker did not prune"
     assert HealthCheck.objects.count() == 2
 
 
@@ -236,10 +234,17 @@ def threaded_worker(celery_worker: Any) -> Iterator[Any]:
         log_path,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not celery_worker.control.ping(destination=[hostname], timeout=0.5):
-            if worker.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the threaded worker did not come up:\n{log_path.read_text()[-3000:]}")
+        # Stops early when the worker exits: it will not come up then.
+        up_or_exited = poll_until(
+            lambda: (
+                worker.poll() is not None
+                or celery_worker.control.ping(destination=[hostname], timeout=0.5)
+            ),
+            timeout_s=60,
+            interval_s=0,
+        )
+        if not up_or_exited or worker.poll() is not None:
+            pytest.fail(f"the threaded worker did not come up:\n{log_path.read_text()[-3000:]}")
         yield celery_worker
     finally:
         _stop(worker)
@@ -271,20 +276,20 @@ def sweep_times(cluster: Cluster) -> list[datetime]:
 
 
 def wait_for_sweeps(cluster: Cluster, count: int, timeout_s: float) -> list[datetime]:
-    deadline = time.monotonic() + timeout_s
-    while len(times := sweep_times(cluster)) < count:
-        assert time.monotonic() < deadline, f"only {len(times)} sweeps in {timeout_s} s"
-        time.sleep(0.25)
+    def enough() -> list[datetime]:
+        times = sweep_times(cluster)
+        return times if len(times) >= count else []
+
+    times = poll_until(enough, timeout_s=timeout_s, interval_s=0.25)
+    assert times, f"only {len(sweep_times(cluster))} sweeps in {timeout_s} s"
     return times
 
 
 def wait_until_idle(cluster: Cluster) -> None:
     """Until no sweep of ``cluster`` holds its lock, so none writes after the test."""
-    client = topology.redis_client()
-    deadline = time.monotonic() + 15
-    while client.exists(SWEEP_LOCK_KEY.format(cluster_id=cluster.pk)):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    client = coordination.redis_client()
+    key = SWEEP_LOCK_KEY.format(cluster_id=cluster.pk)
+    assert poll_until(lambda: not client.exists(key), timeout_s=15, interval_s=0.1)
 
 
 def gaps_s(times: list[datetime]) -> list[float]:

@@ -4,6 +4,9 @@ The probe is a coroutine so that the whole exchange (TCP connect, TLS,
 authentication, query) sits under one deadline: a host that accepts the
 connection and then hangs costs exactly the timeout, and a sweep can await
 many probes concurrently.
+
+:class:`ProbeResult` and :class:`WalSender` are plain values defined in
+:mod:`endpoints.core.observations` (re-exported here).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -20,6 +22,8 @@ from psycopg.conninfo import timeout_from_conninfo
 
 from endpoints.core.conninfo import ConnectionInfo
 from endpoints.core.crypto import DecryptionError, redact
+from endpoints.core.errortext import one_line
+from endpoints.core.observations import ProbeResult, WalSender
 
 if TYPE_CHECKING:
     from endpoints.models import Endpoint
@@ -69,51 +73,6 @@ SETUP_TURN_S = 0.1
 FULL_TIMEOUT_SLACK_S = 0.05
 
 
-@dataclass(frozen=True)
-class WalSender:
-    """One row of a primary's ``pg_stat_replication``: a replica (or backup) streaming from it.
-
-    ``addr`` is ``host(client_addr)``: None for a Unix-socket connection, and for every
-    walsender when the probing role lacks ``pg_read_all_stats`` (``state`` is None then too).
-    """
-
-    name: str  # application_name
-    addr: str | None
-    state: str | None
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    ok: bool
-    latency_ms: float | None = None  # the query's round trip, connection set-up excluded
-    connect_ms: float | None = None
-    in_recovery: bool | None = None
-    server_version: str | None = None
-    # Bytes since 0/0: the current position on a primary, the replayed one on a replica.
-    wal_lsn: int | None = None
-    received_lsn: int | None = None
-    replay_lag_s: float | None = None
-    connections_in_use: int | None = None
-    max_connections: int | None = None
-    # default_transaction_read_only: on once a fenced old primary has been made to refuse
-    # writes, so a sweep can tell whether that still has to be done.
-    read_only: bool | None = None
-    # A primary's walsenders (empty on a replica, whose cascading standbys are not listed).
-    walsenders: tuple[WalSender, ...] = ()
-    error: str = ""
-    # No answer within the deadline (as opposed to a refusal or an error the server sent).
-    timed_out: bool = False
-
-    def summary(self) -> str:
-        if not self.ok:
-            return self.error
-        role = "in recovery (replica)" if self.in_recovery else "not in recovery (primary)"
-        return (
-            f"PostgreSQL {self.server_version}, {role}, round trip {self.latency_ms:.1f} ms "
-            f"(connect {self.connect_ms:.1f} ms)"
-        )
-
-
 async def probe_async(
     info: ConnectionInfo, timeout_s: float, *, budget_s: float | None = None
 ) -> ProbeResult:
@@ -137,7 +96,10 @@ async def probe_async(
         used = timeout_from_conninfo({"connect_timeout": info.connect_timeout_s})
         return _no_answer(info, used)
     except psycopg.Error as exc:
-        return ProbeResult(ok=False, error=_describe(exc, info))
+        # No secrets passed: libpq never puts the password in its messages, and searching
+        # for it would make the user and database names, which an assistant's add_endpoint
+        # chooses, an oracle for it.
+        return ProbeResult(ok=False, error=one_line(exc))
     except OSError as exc:
         return ProbeResult(ok=False, error=redact(f"{info.host}:{info.port}: {exc}"))
     finally:
@@ -218,16 +180,6 @@ def probe(info: ConnectionInfo, timeout_s: float) -> ProbeResult:
     return asyncio.run(probe_async(info, timeout_s))
 
 
-def _describe(exc: psycopg.Error, info: ConnectionInfo) -> str:
-    message = " ".join(str(exc).split())
-    sqlstate = getattr(exc, "sqlstate", None)
-    if sqlstate:
-        message = f"{message} (SQLSTATE {sqlstate})"
-    # libpq never puts the password in its messages; searching for it would make the user
-    # and database names, which an assistant's add_endpoint chooses, an oracle for it.
-    return redact(message)
-
-
 def check_endpoints(
     endpoints: Iterable[Endpoint], *, timeout_s: float | None = None
 ) -> list[tuple[Endpoint, ProbeResult]]:
@@ -248,6 +200,7 @@ def check_endpoints(
     return list(zip(endpoints, asyncio.run(gather()), strict=True))
 
 
+# Long for its docstring: the nested coroutines share one deadline and one semaphore.
 def sweep_endpoints(
     endpoints: Iterable[Endpoint],
     *,

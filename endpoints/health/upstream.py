@@ -30,7 +30,7 @@ from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass
 from datetime import datetime
 
-from endpoints.health.probe import WalSender
+from endpoints.core.observations import WalSender
 
 # How long a host's addresses are reused before DNS is asked again; a failed lookup is
 # retried sooner.
