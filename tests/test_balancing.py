@@ -15,10 +15,6 @@ from typing import Any
 import pytest
 
 from endpoints.core.balancing import (
-    READ_PREFERENCES,
-    ROLES,
-    STATES,
-    STRATEGIES,
     Balancer,
     Candidate,
     Selection,
@@ -31,6 +27,12 @@ from endpoints.core.balancing import (
     pick_weighted_random,
     select_eligible,
 )
+from endpoints.core.vocabulary import ReadPreference, Role, State, Strategy, values
+
+ROLES = values(Role)
+STATES = values(State)
+READ_PREFERENCES = values(ReadPreference)
+STRATEGIES = values(Strategy)
 
 
 def primary(name: str = "p", **fields: Any) -> Candidate:
@@ -67,17 +69,25 @@ def names(selection: Selection) -> list[str]:
     return [candidate.name for candidate in selection.eligible]
 
 
-# The string literals match the model's choices
+# The vocabulary's values are what the rules and the models both use
 
 
-def test_literals_match_the_model_choices() -> None:
-    # balancing.py must not import Django; this keeps its copies of the choices honest.
-    from endpoints.models import LoadBalancing, ReadPreference, Role, State
+def test_the_rules_accept_every_value_of_the_vocabulary_and_the_models_use_it() -> None:
+    # balancing.py must not import Django: it and the models share endpoints.core.vocabulary.
+    from endpoints import models
 
-    assert set(ROLES) == set(Role.values)
-    assert set(STATES) == set(State.values)
-    assert set(READ_PREFERENCES) == set(ReadPreference.values)
-    assert set(STRATEGIES) == set(LoadBalancing.values)
+    assert models.Role is Role
+    assert models.State is State
+    assert models.ReadPreference is ReadPreference
+    assert models.LoadBalancing is Strategy
+    for role, state in itertools.product(Role, State):
+        assert Candidate(name="x", role=role, state=state).role == role.value
+    for role_value, state_value in itertools.product(ROLES, STATES):
+        Candidate(name="x", role=role_value, state=state_value)  # plain strings work too
+    for preference in ReadPreference:
+        select_eligible([primary()], intent="read", read_preference=preference, max_lag_s=None)
+    for strategy in Strategy:
+        assert Balancer(strategy).pick([primary()]).name == "p"
 
 
 # Candidate validation

@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 
-from endpoints.core.retry import RETRY_STRATEGIES, CircuitBreaker, RetryPolicy, retry_delay_s
+from endpoints.core.retry import CircuitBreaker, RetryPolicy, retry_delay_s
+from endpoints.core.vocabulary import RetryStrategy, values
+
+RETRY_STRATEGIES = values(RetryStrategy)
 
 
 class FakeClock:
@@ -28,11 +31,14 @@ class FakeClock:
         self.now += seconds
 
 
-def test_strategy_names_match_the_model_choices() -> None:
-    # retry.py must not import Django; this keeps its copy of the choices honest.
-    from endpoints.models import RetryStrategy
+def test_the_policy_accepts_every_strategy_of_the_vocabulary_the_models_use() -> None:
+    # retry.py must not import Django: it and the models share endpoints.core.vocabulary.
+    from endpoints import models
 
-    assert set(RETRY_STRATEGIES) == set(RetryStrategy.values)
+    assert models.RetryStrategy is RetryStrategy
+    for strategy in RetryStrategy:
+        assert RetryPolicy(strategy=strategy).strategy == strategy.value
+        assert retry_delay_s(RetryPolicy(strategy=strategy.value), 1) >= 0
 
 
 def test_policy_defaults_match_the_model_defaults() -> None:

@@ -902,7 +902,7 @@ def test_every_refused_read_is_refused_by_read_query_and_changes_nothing(
     # The pooled connections were never touched: still usable, and still in the read-only
     # mode every assistant read session starts in.
     result = queries.read_query("local", "SHOW default_transaction_read_only")
-    assert result["rows"] == [{"default_transaction_read_only": "on"}]
+    assert result.rows == [{"default_transaction_read_only": "on"}]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -910,7 +910,7 @@ def test_allowed_reads_run_through_read_query(guarded: LocalPostgresCluster) -> 
     before = fingerprint(guarded)
     for sql, params in ALLOWED_READS:
         result = queries.read_query("local", sql, params)
-        assert result["row_count"] >= 1, sql
+        assert result.row_count >= 1, sql
     # Planning a write passes the guard (it only plans), but PostgreSQL plans a DELETE only
     # for a role that may run it, and the assistant's read role may not.
     with pytest.raises(routing.QueryError) as caught:

@@ -3,9 +3,10 @@
 Pure decisions over plain data: no Django, no database, no I/O. The router builds a
 :class:`Candidate` per endpoint from the registry and the latest probes, asks
 :func:`select_eligible` which of them may serve the request, then asks a per-cluster
-:class:`Balancer` to pick one. Roles, states, read preferences and strategy names are
-the string values of the choices in ``endpoints.models`` (this module does not import
-Django so it stays cheap to call and to test).
+:class:`Balancer` to pick one. Roles, states, read preferences, intents and strategy
+names are the members of :mod:`endpoints.core.vocabulary` (or their plain string values,
+which compare equal), the same values the models' choices are built from; this module does
+not import Django so it stays cheap to call and to test.
 
 Eligibility (:func:`select_eligible`)
 -------------------------------------
@@ -90,28 +91,19 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-PRIMARY = "primary"
-REPLICA = "replica"
-ROLES = (PRIMARY, REPLICA)
-STATES = ("unknown", "healthy", "degraded", "down", "fenced")
-READ_PREFERENCES = (
-    "primary",
-    "primary_preferred",
-    "secondary",
-    "secondary_preferred",
-    "nearest",
-)
-STRATEGIES = (
-    "round_robin",
-    "weighted_round_robin",
-    "least_connections",
-    "random",
-    "response_time",
-    "health_based",
-)
-INTENTS = ("read", "write")
+from endpoints.core.vocabulary import Intent, ReadPreference, Role, State, Strategy, values
 
-_UNROUTABLE_STATES = frozenset({"down", "fenced"})
+PRIMARY = Role.PRIMARY
+REPLICA = Role.REPLICA
+# The intents a selection serves: Intent.AUTO is resolved (by classifying the SQL) before.
+_ROUTED_INTENTS = (Intent.READ, Intent.WRITE)
+
+_UNROUTABLE_STATES = frozenset({State.DOWN, State.FENCED})
+# Sets of the members: a plain string value is found in them too (a StrEnum hashes as its value).
+_ROLES = frozenset(Role)
+_STATES = frozenset(State)
+_READ_PREFERENCES = frozenset(ReadPreference)
+_STRATEGIES = frozenset(Strategy)
 
 # A neutral score for endpoints no health sweep has scored yet (see pick_health_based).
 UNSCORED_HEALTH = 50
@@ -132,9 +124,9 @@ class Candidate:
     """One endpoint as the router sees it: registry settings plus the latest probe results."""
 
     name: str
-    role: str  # "primary" | "replica"
+    role: str  # a Role: "primary" | "replica"
     enabled: bool = True
-    state: str = "unknown"
+    state: str = State.UNKNOWN
     weight: int = 100
     in_recovery: bool | None = None  # observed by probes; None = not known yet
     lag_s: float | None = None  # replica replay lag observed by probes
@@ -143,10 +135,14 @@ class Candidate:
 
     def __post_init__(self) -> None:
         # A misspelt role or state would otherwise pass every rule silently.
-        if self.role not in ROLES:
-            raise ValueError(f"{self.name}: unknown role {self.role!r}; expected one of {ROLES}")
-        if self.state not in STATES:
-            raise ValueError(f"{self.name}: unknown state {self.state!r}; expected one of {STATES}")
+        if self.role not in _ROLES:
+            raise ValueError(
+                f"{self.name}: unknown role {self.role!r}; expected one of {values(Role)}"
+            )
+        if self.state not in _STATES:
+            raise ValueError(
+                f"{self.name}: unknown state {self.state!r}; expected one of {values(State)}"
+            )
         if self.weight < 0:
             raise ValueError(f"{self.name}: weight cannot be negative (got {self.weight})")
 
@@ -177,11 +173,12 @@ def select_eligible(
     ``intent`` is ``"read"`` or ``"write"``; ``read_preference`` is ignored for writes;
     ``max_lag_s`` of None means no lag bound. See the module docstring for the rules.
     """
-    if intent not in INTENTS:
-        raise ValueError(f"unknown intent {intent!r}; expected one of {INTENTS}")
-    if intent == "read" and read_preference not in READ_PREFERENCES:
+    if intent not in _ROUTED_INTENTS:
+        routed = tuple(member.value for member in _ROUTED_INTENTS)
+        raise ValueError(f"unknown intent {intent!r}; expected one of {routed}")
+    if intent == Intent.READ and read_preference not in _READ_PREFERENCES:
         raise ValueError(
-            f"unknown read preference {read_preference!r}; expected one of {READ_PREFERENCES}"
+            f"unknown read preference {read_preference!r}; expected one of {values(ReadPreference)}"
         )
 
     def select(avoiding: Collection[str]) -> Selection:
@@ -227,16 +224,16 @@ def _select(
 
     # Writes, and the primary and secondary preferences, were settled by role above.
     eligible = qualified
-    if intent == "read":
-        if read_preference == "primary_preferred":
+    if intent == Intent.READ:
+        if read_preference == ReadPreference.PRIMARY_PREFERRED:
             eligible = _preferred_tier(
                 qualified, PRIMARY, "primary preferred and available", excluded
             )
-        elif read_preference == "secondary_preferred":
+        elif read_preference == ReadPreference.SECONDARY_PREFERRED:
             eligible = _preferred_tier(
                 qualified, REPLICA, "replicas preferred and available", excluded
             )
-        elif read_preference == "nearest":
+        elif read_preference == ReadPreference.NEAREST:
             eligible = _within_latency_window(
                 qualified, observed_latency_ms, nearest_window_ms, excluded
             )
@@ -265,12 +262,12 @@ def _disqualification(
     if candidate.name in open_circuits:
         return "circuit open"
 
-    if intent == "write":
+    if intent == Intent.WRITE:
         if candidate.role != PRIMARY:
             return "not a primary (writes go to the primary)"
-    elif read_preference == "primary" and candidate.role != PRIMARY:
+    elif read_preference == ReadPreference.PRIMARY and candidate.role != PRIMARY:
         return "not a primary (read preference primary)"
-    elif read_preference == "secondary" and candidate.role != REPLICA:
+    elif read_preference == ReadPreference.SECONDARY and candidate.role != REPLICA:
         return "not a replica (read preference secondary)"
 
     if candidate.role == PRIMARY:
@@ -503,10 +500,10 @@ class Balancer:
 
     def set_strategy(self, strategy: str) -> None:
         """Switch strategy; raises ValueError for an unknown name."""
-        if strategy not in STRATEGIES:
+        if strategy not in _STRATEGIES:
             raise ValueError(
                 f"unknown load balancing strategy {strategy!r}; expected one of "
-                f"{', '.join(STRATEGIES)}"
+                f"{', '.join(values(Strategy))}"
             )
         with self._lock:
             if strategy == self._strategy:
@@ -524,20 +521,20 @@ class Balancer:
     ) -> Candidate:
         """One endpoint of ``eligible`` by the current strategy; ValueError if it is empty."""
         strategy = self._strategy
-        if strategy == "weighted_round_robin":
+        if strategy == Strategy.WEIGHTED_ROUND_ROBIN:
             with self._lock:
                 chosen, self._smooth_current = pick_smooth_weighted(eligible, self._smooth_current)
             return chosen
-        if strategy == "round_robin":
+        if strategy == Strategy.ROUND_ROBIN:
             with self._lock:
                 chosen, self._counter = pick_round_robin(eligible, self._counter)
             return chosen
-        if strategy == "least_connections":
+        if strategy == Strategy.LEAST_CONNECTIONS:
             return pick_least_connections(eligible, in_use)
-        if strategy == "random":
+        if strategy == Strategy.RANDOM:
             # No lock: random.Random's primitive draws are atomic, and the picks need no
             # sequence guarantee beyond being random.
             return pick_weighted_random(eligible, self._rng)
-        if strategy == "response_time":
+        if strategy == Strategy.RESPONSE_TIME:
             return pick_response_time(eligible, observed_latency_ms)
         return pick_health_based(eligible)

@@ -1,7 +1,8 @@
 """How long to wait before retrying, and when to stop sending requests to an endpoint.
 
 Pure decisions over plain data: no Django, no database, no I/O. Strategy names are the
-string values of ``endpoints.models.RetryStrategy``.
+members of :class:`endpoints.core.vocabulary.RetryStrategy` (or their string values), which
+the models' choices are built from.
 
 Retry delays (:func:`retry_delay_s`)
 ------------------------------------
@@ -46,7 +47,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-RETRY_STRATEGIES = ("fixed", "exponential", "linear")
+from endpoints.core.vocabulary import RetryStrategy, values
+
+_RETRY_STRATEGIES = frozenset(RetryStrategy)
 
 CLOSED = "closed"
 OPEN = "open"
@@ -57,7 +60,7 @@ HALF_OPEN = "half_open"
 class RetryPolicy:
     """A cluster's retry settings (the ``retry_*`` fields of ``endpoints.models.Cluster``)."""
 
-    strategy: str = "exponential"  # fixed | exponential | linear
+    strategy: str = RetryStrategy.EXPONENTIAL  # a RetryStrategy: fixed | exponential | linear
     max_attempts: int = 3  # attempts per request, the first included (1 = no retry)
     initial_delay_ms: int = 50
     max_delay_ms: int = 2000
@@ -67,10 +70,10 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         # The same bounds the model validates, so a policy built from a valid cluster
         # always passes and a bad one fails here rather than as odd delays later.
-        if self.strategy not in RETRY_STRATEGIES:
+        if self.strategy not in _RETRY_STRATEGIES:
             raise ValueError(
                 f"unknown retry strategy {self.strategy!r}; expected one of "
-                f"{', '.join(RETRY_STRATEGIES)}"
+                f"{', '.join(values(RetryStrategy))}"
             )
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1 (got {self.max_attempts})")
@@ -92,9 +95,9 @@ def retry_delay_s(
     if retry_number < 1:
         raise ValueError(f"retry_number starts at 1 (got {retry_number})")
     cap_ms = policy.max_delay_ms
-    if policy.strategy == "fixed":
+    if policy.strategy == RetryStrategy.FIXED:
         delay_ms: float = min(policy.initial_delay_ms, cap_ms)
-    elif policy.strategy == "linear":
+    elif policy.strategy == RetryStrategy.LINEAR:
         # Python ints do not overflow, so large retry numbers only need the cap.
         delay_ms = min(policy.initial_delay_ms + policy.increment_ms * (retry_number - 1), cap_ms)
     else:

@@ -31,16 +31,19 @@ as it was before that (one lost packet does not take an endpoint out of routing)
 
 from __future__ import annotations
 
+from endpoints.core.vocabulary import Role, State
+
 LATENCY_POINTS = 30
 LAG_POINTS = 40
 SATURATION_POINTS = 30
 # Connection use below this share of max_connections costs nothing.
 SATURATION_FREE_SHARE = 0.5
 
-HEALTHY = "healthy"
-DEGRADED = "degraded"
-DOWN = "down"
-FENCED = "fenced"
+# Plain strings (the values of the vocabulary's State): what the state field stores.
+HEALTHY = State.HEALTHY.value
+DEGRADED = State.DEGRADED.value
+DOWN = State.DOWN.value
+FENCED = State.FENCED.value
 
 
 def _fraction(value: float) -> float:
@@ -107,7 +110,7 @@ def role_mismatch(role: str, in_recovery: bool | None) -> bool:
     """A registered replica that is not in recovery, or a registered primary that is."""
     if in_recovery is None:
         return False
-    return in_recovery is (role == "primary")
+    return in_recovery is (role == Role.PRIMARY)
 
 
 def next_state(
