@@ -1,4 +1,4 @@
-"""endpoints.devstack.localcluster against real servers: PostgreSQL with two replicas, and Redis."""
+"""The local PostgreSQL cluster (endpoints.devstack.postgres) against real servers."""
 
 from __future__ import annotations
 
@@ -15,18 +15,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from endpoints.core.waiting import poll_until
 from endpoints.devstack.localcluster import (
     LocalClusterError,
     LocalPostgresCluster,
-    LocalRedis,
     NodeStatus,
-    _first_blocking_dir,
-    _redis_ping,
     default_cluster_dir,
-    free_port,
-    local_redis_for_url,
     parse_lsn,
 )
+
+# Its tests start PostgreSQL clusters of their own.
+pytestmark = pytest.mark.servers
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +142,9 @@ def test_a_killed_node_is_restarted(cluster: LocalPostgresCluster, name: str) ->
 
     os.kill(pid, signal.SIGKILL)
     # The killed postmaster may linger as a zombie; it still counts as not running.
-    deadline = time.monotonic() + 5
-    while _by_name(cluster.status())[name].running:
-        assert time.monotonic() < deadline, f"{name} still reported running after SIGKILL"
-        time.sleep(0.05)
+    assert poll_until(lambda: not _by_name(cluster.status())[name].running, timeout_s=5), (
+        f"{name} still reported running after SIGKILL"
+    )
     cluster.start()
 
     statuses = _by_name(cluster.status())
@@ -301,33 +299,10 @@ def test_a_base_dir_the_postgres_user_cannot_reach_is_named(tmp_path: Path) -> N
         shutil.rmtree(hidden)
 
 
-def test_first_blocking_dir_follows_owner_group_and_other_bits() -> None:
-    base = Path(tempfile.mkdtemp(prefix="pgwarden-test-modes-"))
-    try:
-        base.chmod(0o755)
-        outer = base / "outer"
-        (outer / "inner").mkdir(parents=True)
-        outer.chmod(0o710)
-        owner, group = os.stat(outer).st_uid, os.stat(outer).st_gid
-        target = outer / "inner" / "data"
-
-        assert _first_blocking_dir(target, owner, set()) is None
-        assert _first_blocking_dir(target, owner + 54321, {group}) is None
-        assert _first_blocking_dir(target, owner + 54321, {group + 54321}) == outer
-    finally:
-        shutil.rmtree(base)
-
-
 def test_parse_lsn_orders_positions() -> None:
     assert parse_lsn("0/0") == 0
     assert parse_lsn("0/3000148") == 0x3000148
     assert parse_lsn("1/0") > parse_lsn("0/FFFFFFFF")
-
-
-def test_free_port_is_bindable() -> None:
-    port = free_port()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
 
 
 def test_default_cluster_dir_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -335,68 +310,3 @@ def test_default_cluster_dir_honours_the_environment(monkeypatch: pytest.MonkeyP
     assert default_cluster_dir().parts[-2:] == ("var", "local-cluster")
     monkeypatch.setenv("PGWARDEN_LOCAL_CLUSTER_DIR", "/srv/pgw")
     assert default_cluster_dir() == Path("/srv/pgw")
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("redis://127.0.0.1:6390/0", ("127.0.0.1", 6390)),
-        ("redis://localhost/1", ("127.0.0.1", 6379)),
-        ("redis://[::1]:6391/0", ("::1", 6391)),
-        ("redis://redis.internal:6379/0", None),
-        ("redis://10.0.0.5:6379/0", None),
-        ("rediss://127.0.0.1:6379/0", None),
-    ],
-)
-def test_local_redis_for_url_manages_only_loopback(
-    tmp_path: Path, url: str, expected: tuple[str, int] | None
-) -> None:
-    redis = local_redis_for_url(url, tmp_path)
-
-    assert (None if redis is None else (redis.host, redis.port)) == expected
-
-
-def test_redis_starts_answers_and_stops(tmp_path: Path) -> None:
-    redis = LocalRedis(tmp_path / "redis")
-
-    redis.start()
-    try:
-        assert redis.running()
-        assert redis.owns_server
-        assert _redis_ping(redis.host, redis.port) == "+PONG"
-        assert redis.url == f"redis://127.0.0.1:{redis.port}/0"
-        # The freely chosen port is kept for the next start.
-        assert LocalRedis(tmp_path / "redis").port == redis.port
-        redis.start()
-    finally:
-        redis.stop()
-
-    assert not redis.running()
-    assert not redis.owns_server
-
-
-def test_redis_already_running_is_reused_and_left_alone(tmp_path: Path) -> None:
-    first = LocalRedis(tmp_path / "first")
-    first.start()
-    try:
-        second = LocalRedis(tmp_path / "second", port=first.port)
-        second.start()
-        assert second.running()
-        assert not second.owns_server
-
-        second.stop()
-
-        assert first.running()
-    finally:
-        first.stop()
-    assert not first.running()
-
-
-def test_redis_port_taken_by_something_else_is_reported(tmp_path: Path) -> None:
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        port = squatter.getsockname()[1]
-        # Accepts, then reads nothing: the PING times out and the reply is not PONG.
-        with pytest.raises(LocalClusterError, match="does not answer"):
-            LocalRedis(tmp_path, port=port).start(timeout_s=1)

@@ -1,4 +1,4 @@
-"""devstack.localstack: registering the local cluster and supervising real child processes."""
+"""devstack.localstack: supervising real child processes."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from endpoints.devstack.localcluster import _process_alive
-from endpoints.devstack.localstack import StackError, Supervisor, register_local_cluster
-from endpoints.models import Role
+from endpoints.core.waiting import poll_until
+from endpoints.devstack.localstack import StackError, Supervisor
+from endpoints.devstack.processes import process_alive
 
 PYTHON = sys.executable
 
@@ -23,30 +23,12 @@ def _python(code: str) -> list[str]:
 
 
 def _wait_for_file(path: Path, timeout_s: float = 10) -> str:
-    deadline = time.monotonic() + timeout_s
-    while not (path.exists() and path.read_text().strip()):
-        assert time.monotonic() < deadline, f"{path} never written"
-        time.sleep(0.05)
-    return path.read_text().strip()
+    def written() -> str:
+        return path.read_text().strip() if path.exists() else ""
 
-
-@pytest.mark.django_db
-def test_register_local_cluster_registers_its_nodes_once(pg_cluster) -> None:
-    first = register_local_cluster(pg_cluster)
-    second = register_local_cluster(pg_cluster)
-
-    cluster = first.cluster
-    endpoints = {endpoint.name: endpoint for endpoint in cluster.endpoints.all()}
-    assert cluster.name == "local"
-    assert first.created == ["primary", "replica1", "replica2"]
-    assert second.unchanged == ["primary", "replica1", "replica2"]
-    assert len(endpoints) == 3
-    assert endpoints["primary"].role == Role.PRIMARY
-    assert {endpoints["replica1"].role, endpoints["replica2"].role} == {Role.REPLICA}
-    for node in pg_cluster.nodes:
-        assert (endpoints[node.name].host, endpoints[node.name].port) == (node.host, node.port)
-        assert endpoints[node.name].get_password().reveal() == pg_cluster.password
-        assert pg_cluster.password not in endpoints[node.name].password_encrypted
+    text = poll_until(written, timeout_s=timeout_s)
+    assert text, f"{path} never written"
+    return text
 
 
 def test_shutdown_stops_children_then_runs_cleanups_in_reverse(tmp_path: Path) -> None:
@@ -101,10 +83,9 @@ def test_a_child_ignoring_sigterm_is_killed_with_its_grandchildren(tmp_path: Pat
     process = supervisor.children[0].process
     assert process is not None
     assert process.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 5
-    while _process_alive(pid):
-        assert time.monotonic() < deadline, "the grandchild survived its group's SIGKILL"
-        time.sleep(0.05)
+    assert poll_until(lambda: not process_alive(pid), timeout_s=5), (
+        "the grandchild survived its group's SIGKILL"
+    )
 
 
 def test_wait_returns_the_name_of_a_child_that_exits() -> None:

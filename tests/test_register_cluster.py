@@ -17,7 +17,8 @@ from endpoints.core.crypto import Secret
 from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.management.commands.register_cluster import EndpointArg, parse_endpoint
 from endpoints.models import Cluster, Endpoint, Role
-from tests.conftest import ROOT, run_manage
+from tests.helpers import ROOT
+from tests.helpers.processes import run_manage
 
 
 def _endpoint_args(cluster: LocalPostgresCluster) -> list[str]:

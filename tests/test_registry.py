@@ -11,7 +11,11 @@ from django.db import transaction
 from endpoints.core.crypto import Secret
 from endpoints.devstack.localcluster import LocalPostgresCluster, free_port
 from endpoints.models import Cluster, Endpoint, Role
-from endpoints.services.registration import EndpointSpec, register_cluster
+from endpoints.services.registration import (
+    EndpointSpec,
+    register_cluster,
+    register_local_cluster,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -310,3 +314,22 @@ def test_health_status_survives_reregistration(pg_cluster: LocalPostgresCluster)
 
     replica1 = _endpoints()["replica1"]
     assert (replica1.state, replica1.consecutive_failures) == ("down", 7)
+
+
+def test_register_local_cluster_registers_its_nodes_once(pg_cluster: LocalPostgresCluster) -> None:
+    first = register_local_cluster(pg_cluster)
+    second = register_local_cluster(pg_cluster)
+
+    cluster = first.cluster
+    endpoints = {endpoint.name: endpoint for endpoint in cluster.endpoints.all()}
+    assert cluster.name == "local"
+    assert first.created == ["primary", "replica1", "replica2"]
+    assert second.unchanged == ["primary", "replica1", "replica2"]
+    assert len(endpoints) == 3
+    assert {endpoint.sslmode for endpoint in endpoints.values()} == {"disable"}
+    assert endpoints["primary"].role == Role.PRIMARY
+    assert {endpoints["replica1"].role, endpoints["replica2"].role} == {Role.REPLICA}
+    for node in pg_cluster.nodes:
+        assert (endpoints[node.name].host, endpoints[node.name].port) == (node.host, node.port)
+        assert endpoints[node.name].get_password().reveal() == pg_cluster.password
+        assert pg_cluster.password not in endpoints[node.name].password_encrypted

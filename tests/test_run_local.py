@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,14 +25,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from endpoints.devstack.localcluster import (
-    LocalPostgresCluster,
-    _process_alive,
-    _processes_in,
-    _redis_ping,
-    free_port,
-)
-from tests.mcp_client import mcp_server
+from endpoints.core.waiting import poll_until
+from endpoints.devstack.localcluster import LocalPostgresCluster, free_port
+from endpoints.devstack.localredis import redis_ping
+from endpoints.devstack.processes import process_alive, processes_in
+from tests.helpers.mcp_client import mcp_server
+
+# run_local starts PostgreSQL, Redis, the web server, a worker and beat.
+pytestmark = pytest.mark.servers
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "run-local-test-password"
@@ -52,11 +51,12 @@ class RunningStack:
         return "".join(self.output)
 
     def wait_for(self, needle: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while needle not in self.text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"run_local never printed {needle!r}; output:\n{self.text()[-4000:]}")
-            time.sleep(0.1)
+        def printed_or_exited() -> bool:
+            return needle in self.text() or self.process.poll() is not None
+
+        poll_until(printed_or_exited, timeout_s=timeout_s, interval_s=0.1)
+        if needle not in self.text():
+            pytest.fail(f"run_local never printed {needle!r}; output:\n{self.text()[-4000:]}")
 
 
 def _descendants(pid: int) -> set[int]:
@@ -159,17 +159,18 @@ async def _assistant_reads_as(stack: RunningStack) -> str:
     return str(answer["rows"][0]["me"])
 
 
+def _serves(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+            return bool(response.status == 200)
+    except OSError:  # refused, reset, or no answer yet while gunicorn's workers boot
+        return False
+
+
 def _wait_until_serving(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        assert time.monotonic() < deadline, f"{url} not served within {timeout_s} s"
-        time.sleep(0.2)
+    assert poll_until(lambda: _serves(url), timeout_s=timeout_s, interval_s=0.2), (
+        f"{url} not served within {timeout_s} s"
+    )
 
 
 def test_run_local_serves_the_admin_with_the_local_cluster_and_stops_everything(
@@ -215,7 +216,7 @@ def test_run_local_serves_the_admin_with_the_local_cluster_and_stops_everything(
     cluster = LocalPostgresCluster(stack.cluster_dir)
     started = _descendants(stack.process.pid)
     for node in cluster.nodes:
-        started.update(_processes_in(node.data_dir))
+        started.update(processes_in(node.data_dir))
     redis_pid = int((stack.cluster_dir / "redis" / "redis.pid").read_text())
     started.add(redis_pid)
     assert len(started) >= 3 + 3 + 1
@@ -223,10 +224,10 @@ def test_run_local_serves_the_admin_with_the_local_cluster_and_stops_everything(
     stack.process.send_signal(signal.SIGINT)
     assert stack.process.wait(timeout=90) == 0, stack.text()[-4000:]
 
-    survivors = {pid for pid in started if _process_alive(pid)}
+    survivors = {pid for pid in started if process_alive(pid)}
     assert not survivors, f"processes left running after Ctrl-C: {survivors}"
     assert not any(status.running for status in cluster.status())
-    assert _redis_ping("127.0.0.1", stack.redis_port) is None
+    assert redis_ping("127.0.0.1", stack.redis_port) is None
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(stack.base_url + "/admin/login/", timeout=2)  # noqa: S310
 

@@ -1,7 +1,8 @@
-"""The local stack behind ``make run``: servers, registration, and the processes we supervise.
+"""The local stack behind ``make run``: servers, and the processes we supervise.
 
-:mod:`endpoints.devstack.localcluster` runs PostgreSQL and Redis; this module ties
-them to Django (registering cluster ``local``) and runs web, worker and beat
+:mod:`endpoints.devstack.localcluster` runs PostgreSQL and Redis; this module starts
+them, hands the cluster to the caller's ``setup`` (the Django work: migrate, register,
+create the admin user - this module imports no Django), and runs web, worker and beat
 until interrupted, then stops everything it started, so nothing is orphaned.
 """
 
@@ -9,63 +10,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from endpoints.core.crypto import Secret
+from endpoints.core.waiting import poll_until
 from endpoints.devstack.localcluster import (
     PROJECT_ROOT,
     LocalPostgresCluster,
     default_cluster_dir,
     local_redis_for_url,
 )
-from endpoints.models import Role
-from endpoints.services.registration import EndpointSpec, Registration, RoleSpec, register_cluster
 
 logger = logging.getLogger("pgwarden.localstack")
-
-LOCAL_CLUSTER_NAME = "local"
 
 
 class StackError(Exception):
     """The local stack could not start; the message names what failed."""
-
-
-def register_local_cluster(
-    cluster: LocalPostgresCluster, name: str = LOCAL_CLUSTER_NAME
-) -> Registration:
-    """Register (or refresh) the local cluster's endpoints and assistant roles."""
-    specs = [
-        EndpointSpec(
-            name=node.name,
-            host=node.host,
-            port=node.port,
-            role=Role.PRIMARY if node.role == "primary" else Role.REPLICA,
-            dbname=cluster.dbname,
-            user=cluster.user,
-            password=Secret(cluster.password),
-            sslmode="disable",
-            zone="local",
-        )
-        for node in cluster.nodes
-    ]
-    return register_cluster(
-        name,
-        specs,
-        description="Local replicated cluster started by make run (var/).",
-        assistant=RoleSpec(cluster.assistant_user, Secret(cluster.assistant_password)),
-        assistant_write=RoleSpec(
-            cluster.assistant_write_user, Secret(cluster.assistant_write_password)
-        ),
-    )
 
 
 @dataclass
@@ -109,17 +77,24 @@ class Supervisor:
         def interrupted(signum: int, frame: object) -> None:
             stop["signal"] = True
 
+        def interrupted_or_dead_child() -> bool | str | None:
+            return stop["signal"] or self._dead_child()
+
         previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while not stop["signal"]:
-                for child in self.children:
-                    if child.process is not None and child.process.poll() is not None:
-                        return child.name
-                time.sleep(0.2)
-            return None
+            # No deadline: this runs until Ctrl-C, SIGTERM or a child's death.
+            outcome = poll_until(interrupted_or_dead_child, timeout_s=math.inf, interval_s=0.2)
+            return outcome if isinstance(outcome, str) else None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _dead_child(self) -> str | None:
+        """The name of the first child that has exited, if any."""
+        for child in self.children:
+            if child.process is not None and child.process.poll() is not None:
+                return child.name
+        return None
 
     def shutdown(self) -> None:
         # Ignore further Ctrl-C while stopping: a second one must not orphan anything.
@@ -197,8 +172,10 @@ def service_commands(host: str, port: int, var_dir: Path) -> list[tuple[str, lis
     ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StackOptions:
+    # The name ``setup`` registers the cluster under, shown in the banner.
+    cluster_name: str
     host: str = "127.0.0.1"
     port: int = 8000
     cluster_dir: Path | None = None
@@ -230,7 +207,7 @@ def run_local_stack(
         login = setup(cluster, admin_url)
         for name, argv in service_commands(options.host, options.port, options.var_dir):
             supervisor.spawn(name, argv)
-        options.write(_banner(cluster, login))
+        options.write(_banner(cluster, options.cluster_name, login))
         dead = supervisor.wait()
         if dead is not None:
             options.write(f"{dead} exited on its own (see its output above); stopping everything.")
@@ -308,15 +285,15 @@ def _require_remote_redis(url: str) -> None:
         client.close()
 
 
-def _banner(cluster: LocalPostgresCluster, login: str) -> str:
+def _banner(cluster: LocalPostgresCluster, cluster_name: str, login: str) -> str:
     nodes = ", ".join(f"{node.name} {node.host}:{node.port}" for node in cluster.nodes)
     python = Path(sys.executable)
     return (
         "\npgwarden is running.\n"
         f"  {login}\n"
-        f"  cluster {LOCAL_CLUSTER_NAME!r}: {nodes}\n"
+        f"  cluster {cluster_name!r}: {nodes}\n"
         f"  MCP (stdio, for an assistant): {python} manage.py run_mcp --cluster "
-        f"{LOCAL_CLUSTER_NAME}\n"
+        f"{cluster_name}\n"
         f"    reads as role {cluster.assistant_user}, writes (--allow-writes) as "
         f"{cluster.assistant_write_user}\n"
         "  Ctrl-C stops the web server, worker, beat, and the servers started here.\n"

@@ -14,15 +14,20 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import transaction
 
 from endpoints.core.conninfo import StoredRole
 from endpoints.core.crypto import DecryptionError, Secret
+from endpoints.core.vocabulary import SslMode, values
 from endpoints.models import Cluster, Endpoint, Role
 
 logger = logging.getLogger("pgwarden.registry")
+
+# The name ``make run`` registers its local cluster under (``manage.py run_local``).
+LOCAL_CLUSTER_NAME = "local"
 
 # Always stated by a spec: where the server is.
 ADDRESS_FIELDS = ("host", "port")
@@ -111,34 +116,52 @@ def register_cluster(
     specs = list(endpoints)
     errors: dict[str, list[str]] = {}
     _check_specs(specs, errors)
-
-    # Locked (on PostgreSQL) so a failover or a second registration running meanwhile waits
-    # for this one instead of interleaving with it.
-    cluster = Cluster.objects.select_for_update().filter(name=name).first()
-    existing: dict[str, Endpoint] = {}
-    if cluster is None:
-        cluster = Cluster(name=name, description=description or "")
-        registration = Registration(cluster, cluster_created=True)
-    else:
-        registration = Registration(cluster)
-        if description is not None and description != cluster.description:
-            cluster.description = description
-            registration.cluster_changes.append("description")
-        existing = {
-            endpoint.name: endpoint
-            for endpoint in Endpoint.objects.select_for_update().filter(cluster=cluster)
-        }
+    registration, existing = _lock_cluster(name, description)
+    cluster = registration.cluster
     for role_spec, writes in ((assistant, False), (assistant_write, True)):
         if role_spec is not None:
             registration.cluster_changes.extend(_apply_role(cluster, role_spec, writes=writes))
     if registration.cluster_created or registration.cluster_changes:
         _collect(errors, f"cluster {name!r}", cluster.full_clean)
+    to_save = _stage_endpoints(specs, existing, registration, errors)
+    if errors:
+        raise ValidationError(errors)
+    _save(registration, to_save)
+    logger.info("registered %s", registration.summary().replace("\n", ";"))
+    return registration
 
+
+def _lock_cluster(name: str, description: str | None) -> tuple[Registration, dict[str, Endpoint]]:
+    """Cluster ``name`` (new and unsaved if absent) and its endpoints, locked for update."""
+    # Locked (on PostgreSQL) so a failover or a second registration running meanwhile waits
+    # for this one instead of interleaving with it.
+    cluster = Cluster.objects.select_for_update().filter(name=name).first()
+    if cluster is None:
+        cluster = Cluster(name=name, description=description or "")
+        return Registration(cluster, cluster_created=True), {}
+    registration = Registration(cluster)
+    if description is not None and description != cluster.description:
+        cluster.description = description
+        registration.cluster_changes.append("description")
+    existing = {
+        endpoint.name: endpoint
+        for endpoint in Endpoint.objects.select_for_update().filter(cluster=cluster)
+    }
+    return registration, existing
+
+
+def _stage_endpoints(
+    specs: Sequence[EndpointSpec],
+    existing: dict[str, Endpoint],
+    registration: Registration,
+    errors: dict[str, list[str]],
+) -> list[tuple[Endpoint, list[str]]]:
+    """Apply ``specs`` in memory and validate; the endpoints to save, with their changes."""
     to_save: list[tuple[Endpoint, list[str]]] = []
     for spec in specs:
         endpoint = existing.get(spec.name)
         if endpoint is None:
-            endpoint = Endpoint(cluster=cluster, name=spec.name, role=spec.role)
+            endpoint = Endpoint(cluster=registration.cluster, name=spec.name, role=spec.role)
             changes = _apply(endpoint, spec)
             registration.created.append(spec.name)
         else:
@@ -160,14 +183,16 @@ def register_cluster(
         # A bad role was reported by _check_specs already, in words more useful than "not a
         # valid choice".
         exclude = ["cluster"] if registration.cluster_created else []
-        if spec.role not in Role.values:
+        if spec.role not in values(Role):
             exclude.append("role")
         _collect(errors, f"endpoint {spec.name!r}", partial(endpoint.full_clean, exclude=exclude))
         to_save.append((endpoint, changes))
+    return to_save
 
-    if errors:
-        raise ValidationError(errors)
 
+def _save(registration: Registration, to_save: list[tuple[Endpoint, list[str]]]) -> None:
+    """Write the cluster (if new or changed) and the staged endpoints' changed fields."""
+    cluster = registration.cluster
     if registration.cluster_created:
         cluster.save()
     elif registration.cluster_changes:
@@ -184,8 +209,73 @@ def register_cluster(
             # role read above, undoing whatever a health check or failover wrote since.
             columns = ["password_encrypted" if name == "password" else name for name in changes]
             endpoint.save(update_fields=[*columns, "updated_at"])
-    logger.info("registered %s", registration.summary().replace("\n", ";"))
-    return registration
+
+
+class RegistrableNode(Protocol):
+    """One server of a local cluster, as registering it needs it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def role(self) -> str: ...
+
+
+class RegistrableCluster(Protocol):
+    """A local cluster as registering it needs it: nodes, application login, assistant roles.
+
+    ``endpoints.devstack.localcluster.LocalPostgresCluster`` is one; services do not
+    import devstack, so it is described here instead.
+    """
+
+    @property
+    def nodes(self) -> Sequence[RegistrableNode]: ...
+    @property
+    def dbname(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def password(self) -> str: ...
+    @property
+    def assistant_user(self) -> str: ...
+    @property
+    def assistant_password(self) -> str: ...
+    @property
+    def assistant_write_user(self) -> str: ...
+    @property
+    def assistant_write_password(self) -> str: ...
+
+
+def register_local_cluster(
+    cluster: RegistrableCluster, name: str = LOCAL_CLUSTER_NAME
+) -> Registration:
+    """Register (or refresh) the local cluster's endpoints and assistant roles."""
+    specs = [
+        EndpointSpec(
+            name=node.name,
+            host=node.host,
+            port=node.port,
+            role=Role.PRIMARY if node.role == Role.PRIMARY else Role.REPLICA,
+            dbname=cluster.dbname,
+            user=cluster.user,
+            password=Secret(cluster.password),
+            sslmode=SslMode.DISABLE,
+            zone="local",
+        )
+        for node in cluster.nodes
+    ]
+    return register_cluster(
+        name,
+        specs,
+        description="Local replicated cluster started by make run (var/).",
+        assistant=RoleSpec(cluster.assistant_user, Secret(cluster.assistant_password)),
+        assistant_write=RoleSpec(
+            cluster.assistant_write_user, Secret(cluster.assistant_write_password)
+        ),
+    )
 
 
 def _check_specs(specs: Sequence[EndpointSpec], errors: dict[str, list[str]]) -> None:
@@ -197,9 +287,9 @@ def _check_specs(specs: Sequence[EndpointSpec], errors: dict[str, list[str]]) ->
                 "The name is given twice; endpoint names are unique within a cluster."
             )
         seen.add(spec.name)
-        if spec.role not in Role.values:
+        if spec.role not in values(Role):
             errors.setdefault(f"endpoint {spec.name!r} role", []).append(
-                f"{spec.role!r} is not a role; use one of {', '.join(Role.values)}."
+                f"{spec.role!r} is not a role; use one of {', '.join(values(Role))}."
             )
     primaries = [spec.name for spec in specs if spec.role == Role.PRIMARY]
     if len(primaries) > 1:

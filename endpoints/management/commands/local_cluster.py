@@ -23,8 +23,8 @@ from endpoints.devstack.localcluster import (
     default_cluster_dir,
     local_redis_for_url,
 )
-from endpoints.devstack.localstack import LOCAL_CLUSTER_NAME, register_local_cluster
 from endpoints.models import Cluster, Endpoint, Role, State
+from endpoints.services.registration import LOCAL_CLUSTER_NAME, register_local_cluster
 
 
 def _yes_no(value: bool | None) -> str:

@@ -28,6 +28,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from endpoints.core.crypto import Secret
+from endpoints.core.vocabulary import values
 from endpoints.models import Role, SslMode, validate_host
 from endpoints.services.registration import EndpointSpec, RoleSpec, register_cluster
 
@@ -59,9 +60,9 @@ def parse_endpoint(text: str) -> EndpointArg:
         raise argparse.ArgumentTypeError(
             f"endpoint name {name!r} must be 1-63 letters, digits, hyphens or underscores"
         )
-    if role not in Role.values:
+    if role not in values(Role):
         raise argparse.ArgumentTypeError(
-            f"endpoint {name!r}: role {role!r} is not one of {', '.join(Role.values)}"
+            f"endpoint {name!r}: role {role!r} is not one of {', '.join(values(Role))}"
         )
     host, port = _parse_address(name, address)
     return EndpointArg(name=name, role=role, host=host, port=port)
@@ -185,14 +186,14 @@ class Command(BaseCommand):
             required=True,
             metavar=ENDPOINT_SYNTAX,
             help="An endpoint, repeatable: e.g. pg1=primary@db1:5432 pg2=replica@[fd00::2]:5432. "
-            f"ROLE is {' or '.join(Role.values)} and applies only when the endpoint is created; "
+            f"ROLE is {' or '.join(values(Role))} and applies only when the endpoint is created; "
             f"PORT defaults to {DEFAULT_PORT}.",
         )
         parser.add_argument("--dbname", help="Database to connect to (new endpoints: postgres).")
         parser.add_argument("--user", help="User to connect as (new endpoints: postgres).")
         parser.add_argument(
             "--sslmode",
-            choices=SslMode.values,
+            choices=list(values(SslMode)),
             help="libpq sslmode (new endpoints: prefer).",
         )
         parser.add_argument(

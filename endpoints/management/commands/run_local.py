@@ -12,12 +12,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from endpoints.devstack.localcluster import LocalClusterError, LocalPostgresCluster
-from endpoints.devstack.localstack import (
-    StackError,
-    StackOptions,
-    register_local_cluster,
-    run_local_stack,
-)
+from endpoints.devstack.localstack import StackError, StackOptions, run_local_stack
+from endpoints.services.registration import LOCAL_CLUSTER_NAME, register_local_cluster
 
 
 class Command(BaseCommand):
@@ -40,6 +36,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         stack = StackOptions(
+            cluster_name=LOCAL_CLUSTER_NAME,
             host=options["host"],
             port=options["port"],
             cluster_dir=options["dir"],
@@ -62,7 +59,7 @@ class Command(BaseCommand):
 
     def _setup(self, cluster: LocalPostgresCluster, admin_url: str) -> str:
         call_command("migrate", interactive=False, verbosity=0)
-        registration = register_local_cluster(cluster)
+        registration = register_local_cluster(cluster, LOCAL_CLUSTER_NAME)
         self._write(f"Registry: {registration.summary()}")
         login = io.StringIO()
         call_command("ensure_admin", url=admin_url, stdout=login)
