@@ -17,16 +17,18 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: help run test bench lint format setup system-packages browser-packages destroy
+.PHONY: help run test test-unit bench lint format setup system-packages browser-packages destroy
 
 help:
 	@echo "make run      install what is missing, start PostgreSQL (primary + 2 replicas), Redis,"
 	@echo "              web, worker and beat on http://$(HOST):$(PORT)/admin/ until Ctrl-C"
 	@echo "make test     install what is missing (chromium too, for the dashboard's browser"
 	@echo "              test), then ruff, mypy and the whole test suite"
+	@echo "make test-unit  the pure tests only (no PostgreSQL, Redis, Celery or browser);"
+	@echo "              needs only the virtualenv, runs in under 30 s"
 	@echo "make bench    performance targets side by side (routing overhead, classification,"
 	@echo "              throughput) on a throwaway local cluster; prints a table"
-	@echo "make lint     ruff (lint and format check) and mypy only"
+	@echo "make lint     ruff (lint and format check), mypy and lint-imports (the layer contracts)"
 	@echo "make format   ruff format and fix"
 	@echo "make destroy  delete the local cluster's data (var/local-cluster)"
 
@@ -36,6 +38,10 @@ run: setup
 test: setup browser-packages lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Tests marked `servers` (tests/conftest.py marks them) are left out, so nothing is started.
+test-unit: $(VENV)/.installed
+	$(BIN)/pytest -m "not servers" $(PYTEST_ARGS)
+
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
@@ -43,6 +49,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: $(VENV)/.installed
 	$(BIN)/ruff check --fix .

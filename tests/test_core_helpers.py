@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -94,3 +95,26 @@ def test_one_line_masks_connection_string_passwords():
 def test_with_sqlstate_only_when_there_is_one():
     assert with_sqlstate("boom", "57014") == "boom (SQLSTATE 57014)"
     assert with_sqlstate("boom", None) == "boom"
+
+
+def test_crypto_without_a_key_provider_names_what_is_missing(monkeypatch):
+    from endpoints.core import crypto
+
+    monkeypatch.setattr(crypto, "_keys_provider", None)
+    with pytest.raises(RuntimeError, match="no encryption keys configured"):
+        crypto.encrypt("a password")
+
+
+def test_crypto_reads_its_keys_from_the_installed_provider(monkeypatch):
+    from cryptography.fernet import Fernet
+
+    from endpoints.core import crypto
+
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    monkeypatch.setattr(crypto, "_keys_provider", lambda: [old_key])
+    token = crypto.encrypt("a password")
+    monkeypatch.setattr(crypto, "_keys_provider", lambda: [new_key, old_key])
+    assert crypto.decrypt(token).reveal() == "a password"
+    monkeypatch.setattr(crypto, "_keys_provider", lambda: [new_key])
+    with pytest.raises(crypto.DecryptionError):
+        crypto.decrypt(token)

@@ -6,6 +6,10 @@ re-encrypt with ``manage.py rotate_encryption_keys``, then drop the old key.
 
 Plaintext lives only inside :class:`Secret`, whose ``repr``/``str`` are masked.
 
+This module is pure (no Django): the keys come from a provider the app installs at
+start-up (:func:`use_keys_from`, called by ``EndpointsConfig.ready`` with a function
+reading the settings, so ``override_settings`` in tests is seen at once).
+
 Two ways to scrub text, for two audiences:
 
 - :func:`redact` is for text anyone may see (tool answers, errors, the admin): it masks
@@ -23,10 +27,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from django.conf import settings
 
 MASK = "********"
 
@@ -76,8 +80,22 @@ def _multifernet(keys: tuple[str, ...]) -> MultiFernet:
     return MultiFernet([Fernet(key) for key in keys])
 
 
+_keys_provider: Callable[[], Sequence[str]] | None = None
+
+
+def use_keys_from(provider: Callable[[], Sequence[str]]) -> None:
+    """Read the Fernet keys (newest first) from ``provider`` on every encrypt/decrypt."""
+    global _keys_provider
+    _keys_provider = provider
+
+
 def _current() -> MultiFernet:
-    return _multifernet(tuple(settings.PGWARDEN_ENCRYPTION_KEYS))
+    if _keys_provider is None:
+        raise RuntimeError(
+            "no encryption keys configured: endpoints.core.crypto.use_keys_from() is called "
+            "when the Django app starts (EndpointsConfig.ready)"
+        )
+    return _multifernet(tuple(_keys_provider()))
 
 
 def encrypt(plaintext: str) -> str:
