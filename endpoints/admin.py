@@ -11,23 +11,17 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from endpoints import control, failover, routing
 from endpoints.forms import ClusterForm, EndpointForm, EndpointInlineFormSet
 from endpoints.health.probe import ProbeResult, check_endpoints
-from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, HealthCheck, Role, State
+from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, HealthCheck, Role
+from endpoints.web import presentation
 from endpoints.web.charts import endpoint_history
+from endpoints.web.presentation import state_badge
 
 HISTORY_ROWS = 20
-
-STATE_COLOURS: dict[str, str] = {
-    State.HEALTHY: "#1e7d32",
-    State.DEGRADED: "#b26a00",
-    State.DOWN: "#c62828",
-    State.FENCED: "#4a148c",
-    State.UNKNOWN: "#616161",
-}
 
 CONNECTION_FIELDS = ("host", "port", "dbname", "user", "password", "clear_password")
 OBSERVED_FIELDS = (
@@ -43,110 +37,11 @@ OBSERVED_FIELDS = (
 )
 
 
-def state_badge(endpoint: Endpoint) -> SafeString:
-    colour = STATE_COLOURS.get(endpoint.state, STATE_COLOURS[State.UNKNOWN])
-    return format_html(
-        '<span class="pgw-state pgw-state-{}" style="background:{};color:#fff;'
-        'padding:2px 8px;border-radius:8px;font-weight:600">{}</span>',
-        endpoint.state,
-        colour,
-        endpoint.get_state_display(),
-    )
-
-
-def _ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f} ms"
-
-
-def routing_stats_table(stats: dict[str, Any]) -> SafeString:
-    """The router's per-endpoint counters, pools and circuits, and the cluster totals."""
-    rows = format_html_join(
-        "",
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
-        "<td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-        (
-            (
-                name,
-                e["role"],
-                e["state"],
-                "yes" if e["available"] else "no",
-                e["requests"],
-                e["errors"],
-                e["retries"],
-                _ms(e["latency_avg_ms"]),
-                _ms(e["latency_p95_ms"]),
-                e["circuit"]["state"].replace("_", "-"),
-                "no pool yet"
-                if e["pool"] is None
-                else "{size} open, {in_use} in use, {idle} idle, {waiting} waiting".format(
-                    **e["pool"]
-                ),
-            )
-            for name, e in stats["endpoints"].items()
-        ),
-    )
-    totals = stats["totals"]
-    score = totals["average_health_score"]
-    return format_html(
-        '<table class="pgw-routing-stats"><thead><tr><th>endpoint</th><th>role</th>'
-        "<th>state</th><th>available</th><th>requests</th><th>errors</th><th>retries</th>"
-        "<th>avg latency</th><th>p95 latency</th><th>circuit</th><th>pool</th></tr></thead>"
-        "<tbody>{}</tbody></table><p>Totals: {} requests, {} errors, {} retries; {} of {} "
-        "endpoints available; average response {}; average health score {}; {} open "
-        "connections. Counted since this process started.</p>",
-        rows,
-        totals["requests"],
-        totals["errors"],
-        totals["retries"],
-        totals["available_endpoints"],
-        totals["endpoints"],
-        _ms(totals["average_response_ms"]),
-        "—" if score is None else score,
-        totals["total_connections"],
-    )
-
-
 def report_check(request: HttpRequest, endpoint: Endpoint, result: ProbeResult) -> None:
     if result.ok:
         messages.success(request, f"{endpoint}: connected. {result.summary()}.")
     else:
         messages.error(request, f"{endpoint}: connection failed: {result.error}")
-
-
-def lag_text(endpoint: Endpoint) -> str:
-    if endpoint.role == Role.PRIMARY or endpoint.replication_lag_s is None:
-        return "—"
-    bytes_part = (
-        f", {endpoint.replication_lag_bytes} B"
-        if endpoint.replication_lag_bytes is not None
-        else ""
-    )
-    return f"{endpoint.replication_lag_s:.1f} s{bytes_part}"
-
-
-def failover_table(events: Any) -> SafeString | str:
-    rows = format_html_join(
-        "",
-        '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{} → {}</td><td>{}</td></tr>',
-        (
-            (
-                reverse("admin:endpoints_failoverevent_change", args=[event.pk]),
-                event.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                event.get_kind_display(),
-                event.old_primary_name or "—",
-                event.new_primary_name or "—",
-                event.get_outcome_display(),
-            )
-            for event in events
-        ),
-    )
-    if not rows:
-        return "None."
-    return format_html(
-        '<table class="pgw-failovers"><thead><tr><th>started</th><th>kind</th>'
-        "<th>primary</th><th>outcome</th></tr></thead><tbody>{}</tbody></table>",
-        rows,
-    )
 
 
 class EndpointInline(admin.TabularInline):
@@ -267,62 +162,24 @@ class ClusterAdmin(admin.ModelAdmin):
     def topology(self, cluster: Cluster) -> SafeString | str:
         if cluster.pk is None:
             return "—"
-        endpoints = list(cluster.endpoints.order_by("role", "name"))  # the primary first
-        primary = next((e for e in endpoints if e.role == Role.PRIMARY and e.enabled), None)
-        rows = format_html_join(
-            "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            (
-                (
-                    endpoint.name,
-                    endpoint.get_role_display()
-                    + ("" if endpoint.enabled else " (disabled)")
-                    + (" — role mismatch" if endpoint.role_mismatch else ""),
-                    state_badge(endpoint),
-                    f"{endpoint.host}:{endpoint.port}",
-                    "—"
-                    if endpoint.role == Role.PRIMARY
-                    else f"replicates from {primary.name}"
-                    if primary is not None
-                    else "no enabled primary",
-                    lag_text(endpoint),
-                )
-                for endpoint in endpoints
-            ),
-        )
-        return format_html(
-            '<table class="pgw-topology"><thead><tr><th>endpoint</th><th>role</th>'
-            "<th>state</th><th>address</th><th>replication</th><th>lag</th></tr></thead>"
-            "<tbody>{}</tbody></table>",
-            rows,
-        )
+        # The primary first.
+        return presentation.topology_table(list(cluster.endpoints.order_by("role", "name")))
 
     @admin.display(description="active alerts")
     def active_alerts(self, cluster: Cluster) -> SafeString | str:
         if cluster.pk is None:
             return "—"
-        alerts = cluster.alerts.filter(cleared_at__isnull=True).order_by("-raised_at")[:50]
-        rows = format_html_join(
-            "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            (
-                (a.raised_at.strftime("%Y-%m-%d %H:%M:%S"), a.get_severity_display(), a.message)
-                for a in alerts
-            ),
-        )
-        if not rows:
-            return "None."
-        return format_html(
-            '<table class="pgw-alerts"><thead><tr><th>raised</th><th>severity</th>'
-            "<th>message</th></tr></thead><tbody>{}</tbody></table>",
-            rows,
+        return presentation.alerts_table(
+            cluster.alerts.filter(cleared_at__isnull=True).order_by("-raised_at")[:50]
         )
 
     @admin.display(description="failover history")
     def failover_history(self, cluster: Cluster) -> SafeString | str:
         if cluster.pk is None:
             return "—"
-        return failover_table(cluster.failover_events.order_by("-started_at")[:HISTORY_ROWS])
+        return presentation.failover_table(
+            cluster.failover_events.order_by("-started_at")[:HISTORY_ROWS]
+        )
 
     def get_urls(self) -> list[Any]:
         return [
@@ -340,13 +197,11 @@ class ClusterAdmin(admin.ModelAdmin):
         ]
 
     def check_now_view(self, request: HttpRequest, object_id: int) -> HttpResponseRedirect:
-        from endpoints.health import sweep_now
-
         cluster = get_object_or_404(Cluster, pk=object_id)
         if request.method == "POST" and self.has_change_permission(request, cluster):
             # Under the sweep lock, as scheduled sweeps: never two at once (failures
             # counted twice, split brain handled twice).
-            report, observations = sweep_now(cluster.pk)
+            report, observations = control.sweep_now(cluster.pk)
             if not report.swept:
                 messages.warning(request, f"No check now: {report.skipped_because}.")
             for observation in observations:
@@ -355,8 +210,6 @@ class ClusterAdmin(admin.ModelAdmin):
 
     def failover_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
         """GET: the plan for confirmation. POST: carry it out."""
-        from endpoints import failover
-
         cluster = get_object_or_404(Cluster, pk=object_id)
         if not self.has_change_permission(request, cluster):
             raise PermissionDenied
@@ -371,13 +224,14 @@ class ClusterAdmin(admin.ModelAdmin):
                     event = failover.fail_over(
                         cluster,
                         to=target,
-                        kind="manual",
+                        kind=FailoverEvent.Kind.MANUAL,
                         reason=f"manual failover by {request.user} in the admin",
                     )
             except failover.FailoverError as exc:
                 messages.error(request, str(exc))
                 return HttpResponseRedirect(change_url)
-            report = messages.success if event.outcome == "succeeded" else messages.error
+            succeeded = event.outcome == FailoverEvent.Outcome.SUCCEEDED
+            report = messages.success if succeeded else messages.error
             report(
                 request,
                 f"{event.get_kind_display()}: {event.get_outcome_display()}. "
@@ -407,15 +261,13 @@ class ClusterAdmin(admin.ModelAdmin):
 
     @admin.display(description="routing")
     def routing_stats(self, cluster: Cluster) -> SafeString | str:
-        from endpoints import routing  # the router is only needed once a page shows it
-
         if cluster.pk is None:
             return "—"
         try:
             stats = routing.stats(cluster.name)
         except routing.ClusterNotFound:
             return "—"
-        return routing_stats_table(stats)
+        return presentation.routing_stats_table(stats)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Cluster]:
         return (
@@ -496,13 +348,11 @@ class EndpointAdmin(admin.ModelAdmin):
 
     @admin.display(description="latency", ordering="last_latency_ms")
     def latency(self, endpoint: Endpoint) -> str:
-        if endpoint.last_latency_ms is None:
-            return "—"
-        return f"{endpoint.last_latency_ms:.1f} ms"
+        return presentation.latency_text(endpoint.last_latency_ms)
 
     @admin.display(description="lag", ordering="replication_lag_s")
     def lag(self, endpoint: Endpoint) -> str:
-        return lag_text(endpoint)
+        return presentation.lag_text(endpoint)
 
     @admin.display(description="connection (password masked)")
     def connection_url(self, endpoint: Endpoint) -> str:
@@ -512,37 +362,15 @@ class EndpointAdmin(admin.ModelAdmin):
     def recent_health_checks(self, endpoint: Endpoint) -> SafeString | str:
         if not endpoint.pk:
             return "—"
-        checks = endpoint.health_checks.order_by("-checked_at")[:HISTORY_ROWS]
-        rows = format_html_join(
-            "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            (
-                (
-                    check.checked_at.strftime("%Y-%m-%d %H:%M:%S"),
-                    "ok" if check.ok else "failed",
-                    _number(check.latency_ms, "ms"),
-                    _number(check.lag_s, "s"),
-                    _number(check.lag_bytes, "B"),
-                    _number(check.score, ""),
-                    check.error,
-                )
-                for check in checks
-            ),
-        )
-        if not rows:
-            return "No health checks recorded yet."
-        return format_html(
-            '<table class="pgw-history"><thead><tr><th>checked at</th><th>result</th>'
-            "<th>latency</th><th>lag</th><th>lag bytes</th><th>score</th><th>error</th>"
-            "</tr></thead><tbody>{}</tbody></table>",
-            rows,
+        return presentation.health_checks_table(
+            endpoint.health_checks.order_by("-checked_at")[:HISTORY_ROWS]
         )
 
     @admin.display(description="failover events")
     def failovers(self, endpoint: Endpoint) -> SafeString | str:
         if not endpoint.pk:
             return "—"
-        return failover_table(
+        return presentation.failover_table(
             FailoverEvent.objects.filter(
                 Q(old_primary=endpoint) | Q(new_primary=endpoint)
             ).order_by("-started_at")[:HISTORY_ROWS]
@@ -629,33 +457,7 @@ class FailoverEventAdmin(ReadOnlyAdmin):
 
     @admin.display(description="steps")
     def steps_table(self, event: FailoverEvent) -> SafeString | str:
-        rows = format_html_join(
-            "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            (
-                (
-                    step.get("at", ""),
-                    step.get("step", ""),
-                    "ok" if step.get("ok", True) else "failed",
-                    step.get("detail", ""),
-                )
-                for step in event.steps or []
-            ),
-        )
-        if not rows:
-            return "No steps recorded."
-        return format_html(
-            "<table><thead><tr><th>at</th><th>step</th><th>result</th><th>detail</th></tr>"
-            "</thead><tbody>{}</tbody></table>",
-            rows,
-        )
-
-
-def _number(value: float | int | None, unit: str) -> str:
-    if value is None:
-        return "—"
-    text = f"{value:.1f}" if isinstance(value, float) else str(value)
-    return f"{text} {unit}".strip()
+        return presentation.failover_steps_table(event.steps or [])
 
 
 @admin.register(Alert)

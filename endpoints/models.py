@@ -7,122 +7,56 @@ database constraint, so nothing that bypasses forms can break it.
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Collection
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.validators import BaseValidator, MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
-from django.utils.deconstruct import deconstructible
 
 from endpoints.core import crypto
 from endpoints.core.conninfo import ConnectionInfo, StoredRole
+from endpoints.core.vocabulary import (
+    AlertKind,
+    AlertSeverity,
+    FailoverKind,
+    FailoverOutcome,
+    ReadPreference,
+    RetryStrategy,
+    Role,
+    SslMode,
+    State,
+    Strategy,
+    choices,
+)
+from endpoints.validators import (
+    GreaterThanValidator,
+    all_positive,
+    positive,
+    positive_float,
+    validate_host,
+)
 
+# The models' older name for the balancing strategy.
+LoadBalancing = Strategy
 
-class ReadPreference(models.TextChoices):
-    PRIMARY = "primary", "primary (reads on the primary only)"
-    PRIMARY_PREFERRED = "primary_preferred", "primary preferred (replicas if it is down)"
-    SECONDARY = "secondary", "secondary (replicas only)"
-    SECONDARY_PREFERRED = "secondary_preferred", "secondary preferred (primary if none is up)"
-    NEAREST = "nearest", "nearest (lowest latency, any role)"
-
-
-class LoadBalancing(models.TextChoices):
-    ROUND_ROBIN = "round_robin", "round robin"
-    WEIGHTED_ROUND_ROBIN = "weighted_round_robin", "weighted round robin"
-    LEAST_CONNECTIONS = "least_connections", "least connections"
-    RANDOM = "random", "random"
-    RESPONSE_TIME = "response_time", "fastest response time"
-    HEALTH_BASED = "health_based", "best health score"
-
-
-class RetryStrategy(models.TextChoices):
-    FIXED = "fixed", "fixed delay"
-    EXPONENTIAL = "exponential", "exponential backoff"
-    LINEAR = "linear", "linear backoff"
-
-
-class Role(models.TextChoices):
-    PRIMARY = "primary", "primary"
-    REPLICA = "replica", "replica"
-
-
-class State(models.TextChoices):
-    UNKNOWN = "unknown", "unknown"
-    HEALTHY = "healthy", "healthy"
-    DEGRADED = "degraded", "degraded"
-    DOWN = "down", "down"
-    FENCED = "fenced", "fenced"
-
-
-class SslMode(models.TextChoices):
-    DISABLE = "disable", "disable"
-    ALLOW = "allow", "allow"
-    PREFER = "prefer", "prefer"
-    REQUIRE = "require", "require"
-    VERIFY_CA = "verify-ca", "verify-ca"
-    VERIFY_FULL = "verify-full", "verify-full"
-
-
-def _positive(name: str) -> list[MinValueValidator]:
-    return [MinValueValidator(1, message=f"{name} must be greater than 0.")]
-
-
-@deconstructible
-class GreaterThanValidator(BaseValidator):
-    """``value > limit``: MinValueValidator is inclusive, and a 0 s timeout is no timeout."""
-
-    message = "Ensure this value is greater than %(limit_value)s."
-    code = "min_value"
-
-    def compare(self, a: Any, b: Any) -> bool:
-        return bool(a <= b)
-
-
-def _positive_float(name: str) -> list[GreaterThanValidator]:
-    return [GreaterThanValidator(0, message=f"{name} must be greater than 0.")]
-
-
-def _all_positive(prefix: str, *fields: str) -> list[models.CheckConstraint]:
-    """Database checks behind the validators, for writes that bypass forms."""
-    return [
-        models.CheckConstraint(condition=Q(**{f"{field}__gt": 0}), name=f"{prefix}_{field}_gt_0")
-        for field in fields
-    ]
-
-
-# A host name (RFC 1123 labels; underscores too, as container names have them) or an IP
-# address. No Unix-socket paths (libpq reads a host starting with "/" as a socket
-# directory) and no comma lists (libpq tries each host in turn): one endpoint, one server.
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
-
-
-def validate_host(value: str) -> None:
-    """A single host name or IP address; anything libpq would read differently is refused."""
-    text = value if isinstance(value, str) else ""
-    if text != text.strip() or not text:
-        raise ValidationError("Give a host name or an IP address, without spaces.", code="host")
-    try:
-        ipaddress.ip_address(text)
-        return
-    except ValueError:
-        pass
-    if "/" in text or "," in text:
-        raise ValidationError(
-            "Give one host name or IP address: no Unix-socket path (a host starting with /) "
-            "and no comma-separated list.",
-            code="host",
-        )
-    name = text[:-1] if text.endswith(".") else text
-    labels = name.split(".")
-    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
-        raise ValidationError(
-            f"{text!r} is neither a host name (letters, digits, hyphens, dots) nor an IP address.",
-            code="host",
-        )
+__all__ = [
+    "Alert",
+    "Cluster",
+    "Endpoint",
+    "FailoverEvent",
+    "GreaterThanValidator",
+    "HealthCheck",
+    "LoadBalancing",
+    "ReadPreference",
+    "RetryStrategy",
+    "Role",
+    "SslMode",
+    "State",
+    "Strategy",
+    "validate_host",
+]
 
 
 _ROLE_NAME_HELP = (
@@ -144,7 +78,7 @@ class Cluster(models.Model):
     read_preference = models.CharField(
         "read preference",
         max_length=24,
-        choices=ReadPreference.choices,
+        choices=choices(ReadPreference),
         default=ReadPreference.PRIMARY_PREFERRED,
         help_text="Where reads go by default. 'primary preferred' reads from the primary and "
         "falls back to replicas when it is unreachable, so reads never see replication lag "
@@ -153,8 +87,8 @@ class Cluster(models.Model):
     load_balancing = models.CharField(
         "load balancing",
         max_length=24,
-        choices=LoadBalancing.choices,
-        default=LoadBalancing.WEIGHTED_ROUND_ROBIN,
+        choices=choices(Strategy),
+        default=Strategy.WEIGHTED_ROUND_ROBIN,
         help_text="How the router spreads requests across eligible endpoints; weights apply "
         "to the weighted strategy.",
     )
@@ -183,20 +117,20 @@ class Cluster(models.Model):
     circuit_failure_threshold = models.PositiveSmallIntegerField(
         "circuit breaker threshold",
         default=3,
-        validators=_positive("Circuit breaker threshold"),
+        validators=positive("Circuit breaker threshold"),
         help_text="Consecutive connection failures or timeouts after which a process stops "
         "sending requests to an endpoint for the cooldown.",
     )
     circuit_cooldown_s = models.FloatField(
         "circuit breaker cooldown (s)",
         default=5.0,
-        validators=_positive_float("Circuit breaker cooldown"),
+        validators=positive_float("Circuit breaker cooldown"),
         help_text="How long an open circuit stays open before one trial request is let through.",
     )
     retry_strategy = models.CharField(
         "retry strategy",
         max_length=16,
-        choices=RetryStrategy.choices,
+        choices=choices(RetryStrategy),
         default=RetryStrategy.EXPONENTIAL,
         help_text="Delay between attempts after a connection failure. Writes whose outcome "
         "is unknown are never retried.",
@@ -204,7 +138,7 @@ class Cluster(models.Model):
     retry_max_attempts = models.PositiveSmallIntegerField(
         "retry max attempts",
         default=3,
-        validators=[*_positive("Max attempts"), MaxValueValidator(20)],
+        validators=[*positive("Max attempts"), MaxValueValidator(20)],
         help_text="Attempts per request, the first included (1 = no retry).",
     )
     retry_initial_delay_ms = models.PositiveIntegerField(
@@ -231,34 +165,34 @@ class Cluster(models.Model):
     connect_timeout_s = models.PositiveSmallIntegerField(
         "connect timeout (s)",
         default=3,
-        validators=_positive("Connect timeout"),
+        validators=positive("Connect timeout"),
         help_text="How long the router waits for a new connection before trying elsewhere. "
         "Short, so a dead host costs little.",
     )
     statement_timeout_ms = models.PositiveIntegerField(
         "statement timeout (ms)",
         default=30000,
-        validators=_positive("Statement timeout"),
+        validators=positive("Statement timeout"),
         help_text="Server-side statement_timeout for routed queries.",
     )
     check_interval_s = models.FloatField(
         "health check interval (s)",
         default=1.0,
-        validators=_positive_float("Check interval"),
+        validators=positive_float("Check interval"),
         help_text="How often every endpoint is probed. 1 s detects a dead primary within "
         "seconds (Patroni's loop is 10 s).",
     )
     probe_timeout_s = models.FloatField(
         "probe timeout (s)",
         default=2.0,
-        validators=_positive_float("Probe timeout"),
+        validators=positive_float("Probe timeout"),
         help_text="A probe that takes longer counts as a failure; a hung host costs at most "
         "this per sweep.",
     )
     failure_threshold = models.PositiveSmallIntegerField(
         "failure threshold",
         default=3,
-        validators=_positive("Failure threshold"),
+        validators=positive("Failure threshold"),
         help_text="Consecutive failed probes before an endpoint is marked down (and, for a "
         "primary, failover starts). 3 x 1 s rides out a blip and still fails over in seconds.",
     )
@@ -283,7 +217,7 @@ class Cluster(models.Model):
     degraded_latency_ms = models.FloatField(
         "degraded latency (ms)",
         default=500.0,
-        validators=_positive_float("Degraded latency"),
+        validators=positive_float("Degraded latency"),
         help_text="A probe slower than this marks the endpoint degraded (still routed to).",
     )
     alert_min_available_pct = models.PositiveSmallIntegerField(
@@ -295,7 +229,7 @@ class Cluster(models.Model):
     alert_max_response_ms = models.FloatField(
         "alert: maximum average response (ms)",
         default=1000.0,
-        validators=_positive_float("Maximum average response"),
+        validators=positive_float("Maximum average response"),
         help_text="Alert when the endpoints' average probe latency exceeds this.",
     )
     alert_min_health_score = models.PositiveSmallIntegerField(
@@ -350,7 +284,7 @@ class Cluster(models.Model):
                 name="cluster_nearest_window_ms_gte_0",
                 violation_error_message="The latency window cannot be negative.",
             ),
-            *_all_positive(
+            *all_positive(
                 "cluster",
                 "degraded_latency_ms",
                 "alert_max_response_ms",
@@ -439,7 +373,7 @@ class Endpoint(models.Model):
     sslmode = models.CharField(
         "SSL mode",
         max_length=11,
-        choices=SslMode.choices,
+        choices=choices(SslMode),
         default=SslMode.PREFER,
         help_text="libpq sslmode. Use verify-full with a root certificate across untrusted "
         "networks.",
@@ -453,7 +387,7 @@ class Endpoint(models.Model):
     role = models.CharField(
         "role",
         max_length=8,
-        choices=Role.choices,
+        choices=choices(Role),
         default=Role.REPLICA,
         help_text="Configured role. Failover and switchover update it; at most one enabled "
         "primary per cluster.",
@@ -488,32 +422,32 @@ class Endpoint(models.Model):
     pool_max_size = models.PositiveIntegerField(
         "pool max size",
         default=10,
-        validators=_positive("Pool max size"),
+        validators=positive("Pool max size"),
         help_text="Most connections each pgwarden process opens to this endpoint.",
     )
     pool_timeout_s = models.FloatField(
         "pool timeout (s)",
         default=5.0,
-        validators=_positive_float("Pool timeout"),
+        validators=positive_float("Pool timeout"),
         help_text="How long a request waits for a free pooled connection.",
     )
     pool_max_idle_s = models.FloatField(
         "pool max idle (s)",
         default=300.0,
-        validators=_positive_float("Pool max idle"),
+        validators=positive_float("Pool max idle"),
         help_text="Idle connections above the min size are closed after this long.",
     )
     pool_max_lifetime_s = models.FloatField(
         "pool max lifetime (s)",
         default=3600.0,
-        validators=_positive_float("Pool max lifetime"),
+        validators=positive_float("Pool max lifetime"),
         help_text="Connections are replaced after this long (with jitter), so server-side "
         "memory and settings changes do not linger.",
     )
 
     # Observed status, written by health checks.
     state = models.CharField(
-        "state", max_length=8, choices=State.choices, default=State.UNKNOWN, editable=False
+        "state", max_length=8, choices=choices(State), default=State.UNKNOWN, editable=False
     )
     health_score = models.PositiveSmallIntegerField(
         "health score",
@@ -591,7 +525,7 @@ class Endpoint(models.Model):
                 name="endpoint_pool_min_lte_max",
                 violation_error_message="Pool min size cannot exceed pool max size.",
             ),
-            *_all_positive(
+            *all_positive(
                 "endpoint",
                 "pool_max_size",
                 "pool_timeout_s",
@@ -759,16 +693,8 @@ class HealthCheck(models.Model):
 
 
 class FailoverEvent(models.Model):
-    class Kind(models.TextChoices):
-        AUTOMATIC = "automatic", "automatic"
-        MANUAL = "manual", "manual"
-        SWITCHOVER = "switchover", "switchover"
-
-    class Outcome(models.TextChoices):
-        IN_PROGRESS = "in_progress", "in progress"
-        SUCCEEDED = "succeeded", "succeeded"
-        FAILED = "failed", "failed"
-        ABORTED = "aborted", "aborted"
+    Kind = FailoverKind
+    Outcome = FailoverOutcome
 
     cluster = models.ForeignKey(
         Cluster,
@@ -776,7 +702,7 @@ class FailoverEvent(models.Model):
         related_name="failover_events",
         verbose_name="cluster",
     )
-    kind = models.CharField("kind", max_length=10, choices=Kind.choices)
+    kind = models.CharField("kind", max_length=10, choices=choices(FailoverKind))
     # Endpoints may be deleted later; the names keep the audit trail readable.
     old_primary = models.ForeignKey(
         Endpoint,
@@ -800,7 +726,10 @@ class FailoverEvent(models.Model):
     started_at = models.DateTimeField("started")
     finished_at = models.DateTimeField("finished", null=True, blank=True)
     outcome = models.CharField(
-        "outcome", max_length=11, choices=Outcome.choices, default=Outcome.IN_PROGRESS
+        "outcome",
+        max_length=11,
+        choices=choices(FailoverOutcome),
+        default=FailoverOutcome.IN_PROGRESS,
     )
     steps = models.JSONField(
         "steps",
@@ -819,20 +748,8 @@ class FailoverEvent(models.Model):
 
 
 class Alert(models.Model):
-    class Severity(models.TextChoices):
-        INFO = "info", "info"
-        WARNING = "warning", "warning"
-        CRITICAL = "critical", "critical"
-
-    class Kind(models.TextChoices):
-        LOW_AVAILABILITY = "low_availability", "few endpoints available"
-        SLOW_RESPONSE = "slow_response", "slow average response"
-        LOW_HEALTH = "low_health", "low average health score"
-        PRIMARY_DOWN = "primary_down", "primary down"
-        REPLICA_LAG = "replica_lag", "replica lag over bound"
-        ROLE_MISMATCH = "role_mismatch", "role mismatch"
-        SPLIT_BRAIN = "split_brain", "split brain"
-        FAILOVER = "failover", "failover"
+    Severity = AlertSeverity
+    Kind = AlertKind
 
     cluster = models.ForeignKey(
         Cluster, on_delete=models.CASCADE, related_name="alerts", verbose_name="cluster"
@@ -846,9 +763,9 @@ class Alert(models.Model):
         verbose_name="endpoint",
     )
     # Which condition: with the endpoint, at most one active alert per key (no storms).
-    kind = models.CharField("kind", max_length=20, choices=Kind.choices)
+    kind = models.CharField("kind", max_length=20, choices=choices(AlertKind))
     key = models.CharField("condition key", max_length=200)
-    severity = models.CharField("severity", max_length=8, choices=Severity.choices)
+    severity = models.CharField("severity", max_length=8, choices=choices(AlertSeverity))
     message = models.TextField("message")
     raised_at = models.DateTimeField("raised")
     cleared_at = models.DateTimeField("cleared", null=True, blank=True)

@@ -696,10 +696,10 @@ def test_check_now_button_sweeps_the_cluster_and_reports_each_endpoint(
 def test_check_now_never_overlaps_a_running_sweep(
     admin_client: Client, local_cluster: Cluster, redis_server: Any
 ) -> None:
-    from endpoints.health import _redis, sweep_lock
+    from endpoints.health import sweep_lock
 
-    lock = sweep_lock(_redis(), local_cluster)
-    assert lock.acquire(blocking=False)  # a scheduled sweep is running
+    lock = sweep_lock(local_cluster)
+    assert lock.acquire()  # a scheduled sweep is running
     try:
         url = reverse("admin:endpoints_cluster_check_now", args=[local_cluster.pk])
         response = admin_client.post(url, follow=True)
@@ -750,3 +750,56 @@ def test_a_failover_with_no_candidate_is_aborted_and_shown(
     )
     assert any("Aborted" in message for message in messages_of(response))
     assert cluster.endpoints.get(name="p").role == Role.PRIMARY  # nothing was promoted
+
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def test_markup_in_names_messages_and_steps_is_shown_as_text(
+    admin_client: Client, other_cluster: Cluster
+) -> None:
+    from endpoints.models import Alert
+
+    # Written around validation (a slug field would refuse it), as a bad import might.
+    hostile = Endpoint.objects.create(cluster=other_cluster, name=HOSTILE, host="10.1.0.9")
+    now = timezone.now()
+    HealthCheck.objects.create(endpoint=hostile, checked_at=now, ok=False, error=HOSTILE)
+    Alert.objects.create(
+        cluster=other_cluster,
+        kind=Alert.Kind.PRIMARY_DOWN,
+        key="primary_down",
+        severity=Alert.Severity.CRITICAL,
+        message=HOSTILE,
+        raised_at=now,
+    )
+    event = FailoverEvent.objects.create(
+        cluster=other_cluster,
+        kind=FailoverEvent.Kind.MANUAL,
+        old_primary=hostile,
+        old_primary_name=HOSTILE,
+        reason="test",
+        started_at=now,
+        steps=[{"at": now.isoformat(), "step": "promote", "ok": False, "detail": HOSTILE}],
+    )
+    pages = {
+        "cluster": change_url(other_cluster),
+        "endpoint": change_url(hostile),
+        "failover event": reverse("admin:endpoints_failoverevent_change", args=[event.pk]),
+    }
+    for page, url in pages.items():
+        html = admin_client.get(url).content.decode()
+        assert HOSTILE not in html, page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html, page
+    cluster_page = admin_client.get(pages["cluster"]).content.decode()
+    for table in ("pgw-topology", "pgw-alerts", "pgw-failovers"):
+        found = re.search(rf'<table class="{table}">.*?</table>', cluster_page, re.S)
+        assert found is not None, table
+        assert "&lt;script&gt;" in found.group(0), table
+    endpoint_page = admin_client.get(pages["endpoint"]).content.decode()
+    history = re.search(r'<table class="pgw-history">.*?</table>', endpoint_page, re.S)
+    assert history is not None
+    assert "&lt;script&gt;" in history.group(0)
+    steps_page = admin_client.get(pages["failover event"]).content.decode()
+    steps = re.search(r'<table class="pgw-steps">.*?</table>', steps_page, re.S)
+    assert steps is not None
+    assert "<td>promote</td><td>failed</td><td>&lt;script&gt;" in steps.group(0)

@@ -21,13 +21,14 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from endpoints import health
+from endpoints import control
 from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint, State
 from endpoints.web import dashboard
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# A real browser (chromium) against the live server and the session cluster.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.servers]
 
 ARTIFACTS = ROOT / "var" / "test-artifacts"
 PASSWORD = "pw-for-the-browser"
@@ -103,7 +104,7 @@ def test_dashboard_shows_a_stopped_replica_go_down_without_a_reload(
     # One failed probe marks an endpoint down; nothing here may promote anything.
     Cluster.objects.filter(pk=local_cluster.pk).update(failure_threshold=1, auto_failover=False)
     local_cluster.refresh_from_db()
-    health.sweep(local_cluster)
+    control.sweep(local_cluster)
     get_user_model().objects.create_superuser("operator", "op@example.com", PASSWORD)
 
     # The admin's own login form, then on to the dashboard.
@@ -135,7 +136,7 @@ def test_dashboard_shows_a_stopped_replica_go_down_without_a_reload(
     browser.execute_script("window.pgwNotReloaded = 'still the same page'")
     pg_cluster.stop_node("replica2")
     try:
-        observed = {o.endpoint.name: o for o in health.sweep(local_cluster)}
+        observed = {o.endpoint.name: o for o in control.sweep(local_cluster)}
         assert not observed["replica2"].result.ok
         assert Endpoint.objects.get(cluster=local_cluster, name="replica2").state == State.DOWN
 

@@ -28,13 +28,14 @@ from django.utils import timezone
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from endpoints import health, routing
+from endpoints import control, routing
 from endpoints.devstack.localcluster import LocalPostgresCluster, free_port
 from endpoints.models import Cluster, Endpoint, FailoverEvent, Role, State
 from endpoints.routing import LATENCY_BUCKETS_MS, EndpointStats
 from endpoints.web.metrics import process_label
 from project.env import parse_bearer_token, read
-from tests.conftest import ROOT, add_endpoint
+from tests.helpers import ROOT
+from tests.helpers.registry import add_endpoint
 
 Labels = frozenset[tuple[str, str]]
 Samples = dict[str, dict[Labels, float]]
@@ -128,7 +129,7 @@ def test_endpoint_families_are_the_registrys_values_after_a_sweep(
     client: Client, local_cluster: Cluster, pg_cluster: LocalPostgresCluster, redis_server: Any
 ) -> None:
     pg_cluster.wait_for_replay()
-    health.sweep(local_cluster)
+    control.sweep(local_cluster)
 
     samples = scrape(client)
 
@@ -139,7 +140,7 @@ def test_endpoint_families_are_the_registrys_values_after_a_sweep(
         assert endpoint.state == State.HEALTHY
         assert value(samples, "pgwarden_endpoint_up", **labels) == 1
         assert value(samples, "pgwarden_endpoint_enabled", **labels) == 1
-        for state in State.values:
+        for state in State:
             expected = 1 if state == endpoint.state else 0
             assert value(samples, "pgwarden_endpoint_state", **labels, state=state) == expected
         assert value(samples, "pgwarden_endpoint_health_score", **labels) == endpoint.health_score
@@ -174,7 +175,7 @@ def test_a_dead_endpoint_is_down_in_every_family_and_not_available(
     Cluster.objects.filter(pk=local_cluster.pk).update(failure_threshold=1)
     local_cluster.refresh_from_db()
     add_endpoint(local_cluster, "gone", closed_port)
-    health.sweep(local_cluster)
+    control.sweep(local_cluster)
 
     samples = scrape(client)
 
@@ -274,13 +275,13 @@ def test_router_families_are_this_processs_routing_stats(
     assert process_label() == process
     assert value(samples, "pgwarden_router_clusters", process=process) == 1
     total = 0.0
-    for name, endpoint in stats["endpoints"].items():
-        labels = {"cluster": "local", "endpoint": name, "role": endpoint["role"]}
+    for name, endpoint in stats.endpoints.items():
+        labels = {"cluster": "local", "endpoint": name, "role": endpoint.role}
         labels["process"] = process
         requests = value(samples, "pgwarden_router_requests_total", **labels)
-        assert requests == endpoint["requests"]
+        assert requests == endpoint.requests
         total += requests
-        assert value(samples, "pgwarden_router_errors_total", **labels) == endpoint["errors"] == 0
+        assert value(samples, "pgwarden_router_errors_total", **labels) == endpoint.errors == 0
         assert value(samples, "pgwarden_router_retries_total", **labels) == 0
         circuit = {
             dict(labels_)["state"]: v
@@ -289,14 +290,14 @@ def test_router_families_are_this_processs_routing_stats(
         }
         assert circuit == {"closed": 1, "open": 0, "half_open": 0}
         assert value(samples, "pgwarden_router_circuit_opened_total", **labels) == 0
-        pool = endpoint["pool"]
+        pool = endpoint.pool
         if pool is None:
             assert value(samples, "pgwarden_router_pool_size", **labels) is None
         else:
-            assert value(samples, "pgwarden_router_pool_size", **labels) == pool["size"]
-            assert value(samples, "pgwarden_router_pool_max_size", **labels) == pool["max_size"]
-            assert value(samples, "pgwarden_router_pool_in_use", **labels) == pool["in_use"] == 0
-            assert value(samples, "pgwarden_router_pool_waiting", **labels) == pool["waiting"]
+            assert value(samples, "pgwarden_router_pool_size", **labels) == pool.size
+            assert value(samples, "pgwarden_router_pool_max_size", **labels) == pool.max_size
+            assert value(samples, "pgwarden_router_pool_in_use", **labels) == pool.in_use == 0
+            assert value(samples, "pgwarden_router_pool_waiting", **labels) == pool.waiting
         # The histogram: cumulative, +Inf is the count, every answered request counted.
         buckets = [
             (float(dict(labels_)["le"]), v)
@@ -461,7 +462,7 @@ def _registry_samples(samples: Samples) -> Samples:
 def test_separate_web_processes_report_the_same_registry_values(
     local_cluster: Cluster, redis_server: Any, tmp_path: Path
 ) -> None:
-    health.sweep(local_cluster)
+    control.sweep(local_cluster)
     servers: list[tuple[int, subprocess.Popen[bytes]]] = []
     try:
         for index in range(2):

@@ -317,3 +317,44 @@ def test_an_endpoint_moved_to_another_address_loses_its_streaming_observation(db
     replica.save(update_fields=["host"])
     replica.refresh_from_db()
     assert (replica.upstream, replica.upstream_observed_at) == (None, None)
+
+
+# One vocabulary: the models' choices are the core StrEnums, labels as before
+
+
+def test_role_and_state_are_the_vocabulary_enums() -> None:
+    from endpoints.core import vocabulary
+    from endpoints.models import Alert, FailoverEvent, State
+
+    assert Role is vocabulary.Role
+    assert State is vocabulary.State
+    assert SslMode is vocabulary.SslMode
+    assert FailoverEvent.Kind is vocabulary.FailoverKind
+    assert FailoverEvent.Outcome is vocabulary.FailoverOutcome
+    assert Alert.Kind is vocabulary.AlertKind
+    assert Alert.Severity is vocabulary.AlertSeverity
+
+
+def test_field_choices_list_every_vocabulary_value_with_its_label() -> None:
+    from endpoints.models import Alert, FailoverEvent
+
+    def choices_of(model: Any, field: str) -> list[tuple[str, str]]:
+        return list(model._meta.get_field(field).choices)
+
+    # A role is labelled as a role, not as the read preference of the same spelling.
+    assert choices_of(Endpoint, "role") == [("primary", "primary"), ("replica", "replica")]
+    assert choices_of(Cluster, "read_preference")[0] == (
+        "primary",
+        "primary (reads on the primary only)",
+    )
+    assert ("in_progress", "in progress") in choices_of(FailoverEvent, "outcome")
+    assert ("replica_lag", "replica lag over bound") in choices_of(Alert, "kind")
+    assert [value for value, _ in choices_of(Endpoint, "sslmode")] == [m.value for m in SslMode]
+
+
+def test_get_display_reads_the_vocabulary_label(primary: Endpoint) -> None:
+    primary.state = "healthy"
+
+    assert primary.get_role_display() == "primary"
+    assert primary.get_state_display() == "healthy"
+    assert primary.cluster.get_load_balancing_display() == "weighted round robin"

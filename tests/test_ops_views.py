@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from django.test import Client
 
-from endpoints import failover, health
+from endpoints import control, failover
 from endpoints.devstack.localcluster import LocalPostgresCluster, LocalRedis
 from endpoints.models import Cluster, Endpoint, FailoverEvent, Role, State
 from tests.test_metrics import broken_control_database, parse, value
@@ -104,7 +104,7 @@ def test_primary_is_the_registered_primary_with_its_host_and_port(
     assert response.status_code == 200
     assert response.json()["state"] == "unknown"
 
-    health.sweep(local_cluster)
+    control.sweep(local_cluster)
     response = client.get("/clusters/local/primary")
 
     assert response.status_code == 200
@@ -176,7 +176,7 @@ def test_a_cluster_without_a_primary_says_so(client: Client, local_cluster: Clus
 def test_replica_is_the_healthiest_eligible_replica_with_every_candidate(
     client: Client, local_cluster: Cluster, pg_cluster: LocalPostgresCluster, redis_server: Any
 ) -> None:
-    health.sweep(local_cluster)
+    control.sweep(local_cluster)
     update(local_cluster, "replica1", health_score=80)
     update(local_cluster, "replica2", health_score=95)
 
@@ -257,7 +257,7 @@ def test_a_replica_with_replay_paused_falls_out_under_a_small_max_lag_s(
             with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as primary:
                 primary.execute("INSERT INTO ops_views_t SELECT generate_series(1, 100)")
             time.sleep(1.5)
-            health.sweep(local_cluster)
+            control.sweep(local_cluster)
 
             response = client.get("/clusters/local/replica?max_lag_s=0.5")
             assert response.status_code == 200
@@ -364,7 +364,7 @@ def test_primary_follows_a_failover(
     client: Client, fresh: tuple[LocalPostgresCluster, Cluster]
 ) -> None:
     local, cluster = fresh
-    health.sweep(cluster)
+    control.sweep(cluster)
     old = local.node("primary")
     before = client.get(f"/clusters/{cluster.name}/primary")
     assert before.status_code == 200

@@ -117,35 +117,47 @@ class AlertKind(StrEnum):
     FAILOVER = "failover"
 
 
-LABELS: Mapping[StrEnum, str] = {
-    ReadPreference.PRIMARY: "primary (reads on the primary only)",
-    ReadPreference.PRIMARY_PREFERRED: "primary preferred (replicas if it is down)",
-    ReadPreference.SECONDARY: "secondary (replicas only)",
-    ReadPreference.SECONDARY_PREFERRED: "secondary preferred (primary if none is up)",
-    ReadPreference.NEAREST: "nearest (lowest latency, any role)",
-    Strategy.ROUND_ROBIN: "round robin",
-    Strategy.WEIGHTED_ROUND_ROBIN: "weighted round robin",
-    Strategy.LEAST_CONNECTIONS: "least connections",
-    Strategy.RANDOM: "random",
-    Strategy.RESPONSE_TIME: "fastest response time",
-    Strategy.HEALTH_BASED: "best health score",
-    RetryStrategy.FIXED: "fixed delay",
-    RetryStrategy.EXPONENTIAL: "exponential backoff",
-    RetryStrategy.LINEAR: "linear backoff",
-    FailoverOutcome.IN_PROGRESS: "in progress",
-    AlertKind.LOW_AVAILABILITY: "few endpoints available",
-    AlertKind.SLOW_RESPONSE: "slow average response",
-    AlertKind.LOW_HEALTH: "low average health score",
-    AlertKind.PRIMARY_DOWN: "primary down",
-    AlertKind.REPLICA_LAG: "replica lag over bound",
-    AlertKind.ROLE_MISMATCH: "role mismatch",
-    AlertKind.SPLIT_BRAIN: "split brain",
+# Keyed by enum first: members of different enums with one value (Role.PRIMARY,
+# ReadPreference.PRIMARY) are equal strings, so one flat dict would mix their labels.
+LABELS: Mapping[type[StrEnum], Mapping[StrEnum, str]] = {
+    ReadPreference: {
+        ReadPreference.PRIMARY: "primary (reads on the primary only)",
+        ReadPreference.PRIMARY_PREFERRED: "primary preferred (replicas if it is down)",
+        ReadPreference.SECONDARY: "secondary (replicas only)",
+        ReadPreference.SECONDARY_PREFERRED: "secondary preferred (primary if none is up)",
+        ReadPreference.NEAREST: "nearest (lowest latency, any role)",
+    },
+    Strategy: {
+        Strategy.ROUND_ROBIN: "round robin",
+        Strategy.WEIGHTED_ROUND_ROBIN: "weighted round robin",
+        Strategy.LEAST_CONNECTIONS: "least connections",
+        Strategy.RANDOM: "random",
+        Strategy.RESPONSE_TIME: "fastest response time",
+        Strategy.HEALTH_BASED: "best health score",
+    },
+    RetryStrategy: {
+        RetryStrategy.FIXED: "fixed delay",
+        RetryStrategy.EXPONENTIAL: "exponential backoff",
+        RetryStrategy.LINEAR: "linear backoff",
+    },
+    FailoverOutcome: {
+        FailoverOutcome.IN_PROGRESS: "in progress",
+    },
+    AlertKind: {
+        AlertKind.LOW_AVAILABILITY: "few endpoints available",
+        AlertKind.SLOW_RESPONSE: "slow average response",
+        AlertKind.LOW_HEALTH: "low average health score",
+        AlertKind.PRIMARY_DOWN: "primary down",
+        AlertKind.REPLICA_LAG: "replica lag over bound",
+        AlertKind.ROLE_MISMATCH: "role mismatch",
+        AlertKind.SPLIT_BRAIN: "split brain",
+    },
 }
 
 
 def label(member: StrEnum) -> str:
     """The human label of ``member``: its entry in ``LABELS``, else its value."""
-    return LABELS.get(member, member.value)
+    return LABELS.get(type(member), {}).get(member, member.value)
 
 
 def choices(enum: type[StrEnum]) -> list[tuple[str, str]]:

@@ -28,15 +28,22 @@ from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.views.decorators.cache import never_cache
 
-from endpoints.admin import STATE_COLOURS, lag_text, state_badge
 from endpoints.core.crypto import redact
+from endpoints.core.jsonsafe import to_json
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, HealthCheck, Role, State
 from endpoints.services import fleet
 from endpoints.web import charts
+from endpoints.web.presentation import (
+    NOTHING,
+    STATE_COLOURS,
+    colour_of,
+    lag_text,
+    latency_text,
+    state_badge,
+)
 
 # The page fetches the JSON view this often (seconds).
 REFRESH_S = 3
@@ -50,10 +57,6 @@ REQUIRED_PERMISSIONS = ("endpoints.view_cluster", "endpoints.view_endpoint")
 AVAILABLE_STATES = (State.HEALTHY, State.DEGRADED)
 
 History = list[tuple[datetime, bool, float | None, float | None]]
-
-
-def colour_of(endpoint: Endpoint) -> str:
-    return STATE_COLOURS.get(endpoint.state, STATE_COLOURS[State.UNKNOWN])
 
 
 @dataclass
@@ -84,19 +87,18 @@ class Tile:
 
     @property
     def latency(self) -> str:
-        latency = self.endpoint.last_latency_ms
-        return "—" if latency is None or not self.answered else f"{latency:.1f} ms"
+        return latency_text(self.endpoint.last_latency_ms) if self.answered else NOTHING
 
     @property
     def lag(self) -> str:
-        return lag_text(self.endpoint) if self.answered else "—"
+        return lag_text(self.endpoint) if self.answered else NOTHING
 
     @property
     def error(self) -> str:
         # Only while it matters: a healthy endpoint's last error is history.
         if self.endpoint.state == State.HEALTHY:
             return ""
-        return fleet._error(self.endpoint.last_error) or ""
+        return redact(self.endpoint.last_error) if self.endpoint.last_error else ""
 
     def data(self) -> dict[str, Any]:
         e = self.endpoint
@@ -106,13 +108,13 @@ class Tile:
             "enabled": e.enabled,
             "state": e.state,
             "health_score": e.health_score,
-            "latency_ms": fleet._round(e.last_latency_ms),
+            "latency_ms": None if e.last_latency_ms is None else round(e.last_latency_ms, 3),
             "lag_s": e.replication_lag_s,
             "lag_bytes": e.replication_lag_bytes,
             "in_recovery": e.in_recovery,
             "role_mismatch": e.role_mismatch,
             "consecutive_failures": e.consecutive_failures,
-            "last_checked_at": fleet._iso(e.last_checked_at),
+            "last_checked_at": to_json(e.last_checked_at),
         }
 
 
@@ -130,7 +132,7 @@ class ShownAlert:
             "severity": self.alert.severity,
             "message": self.message,
             "endpoint": self.endpoint.name if self.endpoint is not None else None,
-            "since": fleet._iso(self.alert.raised_at),
+            "since": to_json(self.alert.raised_at),
         }
 
 
@@ -246,7 +248,7 @@ class ClusterView:
                 ],
             },
             "last_failover": (
-                fleet.failover_event_data(self.last_failover, steps=False)
+                fleet.failover_event(self.last_failover, steps=False).as_json()
                 if self.last_failover is not None
                 else None
             ),
@@ -312,7 +314,7 @@ def fleet_view() -> list[ClusterView]:
     endpoints = list(Endpoint.objects.order_by("cluster_id", "name"))
     history = recent_history([e.pk for e in endpoints], start) if endpoints else {}
     by_id: dict[int, Endpoint] = {}
-    for endpoint in fleet._primary_first(endpoints):
+    for endpoint in sorted(endpoints, key=lambda e: (e.role != Role.PRIMARY, e.name)):
         view = views[endpoint.cluster_id]
         endpoint.cluster = view.cluster  # no query per endpoint for str() and links
         by_id[endpoint.pk] = endpoint
@@ -411,8 +413,4 @@ def dashboard_data(request: HttpRequest) -> HttpResponse:
 
 
 def empty_fleet() -> SafeString:
-    return format_html(
-        '<p class="pgw-empty">No clusters yet. <a href="{}">Add a cluster</a> or run '
-        "<code>manage.py register_cluster</code>.</p>",
-        reverse("admin:endpoints_cluster_add"),
-    )
+    return SafeString(render_to_string("endpoints/fleet_empty.html").strip())

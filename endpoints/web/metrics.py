@@ -24,7 +24,7 @@ import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from django.db import DatabaseError
 from django.db.models import Count, OuterRef, Subquery
@@ -41,19 +41,22 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from endpoints import routing
 from endpoints.core.balancing import Candidate, select_eligible
 from endpoints.core.retry import CLOSED, HALF_OPEN, OPEN
+from endpoints.core.vocabulary import FailoverKind, FailoverOutcome, values
 from endpoints.models import Cluster, Endpoint, FailoverEvent, Role, State
+
+if TYPE_CHECKING:
+    from endpoints.core.retry import CircuitBreaker
+    from endpoints.routing.pools import PoolStats
 
 logger = logging.getLogger("pgwarden.metrics")
 
 ENDPOINT_LABELS = ("cluster", "endpoint", "role")
 ROUTER_LABELS = (*ENDPOINT_LABELS, "process")
-STATES = tuple(State.values)
+STATES = values(State)
 CIRCUIT_STATES = (CLOSED, OPEN, HALF_OPEN)
-FAILOVER_KINDS = tuple(FailoverEvent.Kind.values)
+FAILOVER_KINDS = values(FailoverKind)
 FINISHED_OUTCOMES = tuple(
-    outcome
-    for outcome in FailoverEvent.Outcome.values
-    if outcome != FailoverEvent.Outcome.IN_PROGRESS
+    outcome for outcome in values(FailoverOutcome) if outcome != FailoverOutcome.IN_PROGRESS
 )
 # The +Inf bucket's label, and each bound in seconds as Prometheus wants them.
 _BUCKET_LABELS = (*(f"{bound / 1000:g}" for bound in routing.LATENCY_BUCKETS_MS), "+Inf")
@@ -233,92 +236,106 @@ class PgwardenCollector(Collector):
         yield from _router_families(roles)
 
 
-def _endpoint_families(registry: _Registry) -> Iterator[Metric]:
-    labels = ENDPOINT_LABELS
-    enabled = _gauge(
-        "pgwarden_endpoint_enabled", "1 when the endpoint is enabled (probed, routable).", labels
-    )
-    up = _gauge(
+# (key, name, help) of the per-endpoint gauges from the registry, in exposition order;
+# the state gauge (one series per state) follows "up".
+_ENDPOINT_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("enabled", "pgwarden_endpoint_enabled", "1 when the endpoint is enabled (probed, routable)."),
+    (
+        "up",
         "pgwarden_endpoint_up",
         "1 when the endpoint is enabled and its last health probe answered, else 0.",
-        labels,
-    )
-    state = _gauge(
-        "pgwarden_endpoint_state",
-        "The endpoint's state: 1 for the current one, 0 for the others.",
-        (*labels, "state"),
-    )
-    score = _gauge(
+    ),
+    (
+        "score",
         "pgwarden_endpoint_health_score",
         "Health score 0-100 from the last probe (absent until one is scored).",
-        labels,
-    )
-    latency = _gauge(
+    ),
+    (
+        "latency",
         "pgwarden_endpoint_probe_latency_seconds",
         "Round trip of the last probe that answered.",
-        labels,
-    )
-    lag_bytes = _gauge(
+    ),
+    (
+        "lag_bytes",
         "pgwarden_endpoint_replication_lag_bytes",
         "A replica's replay lag behind the primary's WAL position, from the last probe "
         "that answered (absent when unknown, and for the primary).",
-        labels,
-    )
-    lag_seconds = _gauge(
+    ),
+    (
+        "lag_seconds",
         "pgwarden_endpoint_replication_lag_seconds",
         "A replica's replay lag in seconds, from the last probe that answered (absent when "
         "unknown, and for the primary).",
-        labels,
-    )
-    failures = _gauge(
+    ),
+    (
+        "failures",
         "pgwarden_endpoint_consecutive_failures",
         "Health probes failed in a row (the endpoint is down at the cluster's threshold).",
-        labels,
-    )
-    recovery = _gauge(
+    ),
+    (
+        "recovery",
         "pgwarden_endpoint_in_recovery",
         "1 when the last probe that answered saw the server in recovery (a replica), "
         "0 when not (a primary); absent until one answers.",
-        labels,
-    )
-    mismatch = _gauge(
+    ),
+    (
+        "mismatch",
         "pgwarden_endpoint_role_mismatch",
         "1 when the last probe contradicts the registered role (never routed to as such).",
-        labels,
-    )
-    checked = _gauge(
+    ),
+    (
+        "checked",
         "pgwarden_endpoint_last_probe_timestamp_seconds",
         "When the endpoint was last probed (Unix time); stale when sweeps have stopped.",
-        labels,
+    ),
+)
+
+
+def _endpoint_families(registry: _Registry) -> Iterator[Metric]:
+    gauges = {key: _gauge(name, doc, ENDPOINT_LABELS) for key, name, doc in _ENDPOINT_GAUGES}
+    state = _gauge(
+        "pgwarden_endpoint_state",
+        "The endpoint's state: 1 for the current one, 0 for the others.",
+        (*ENDPOINT_LABELS, "state"),
     )
     for cluster in registry.clusters:
         for endpoint in registry.endpoints.get(cluster.pk, []):
-            values = [cluster.name, endpoint.name, endpoint.role]
-            answered = (
-                endpoint.last_checked_at is not None
-                and endpoint.consecutive_failures == 0
-                and not endpoint.last_error
-            )
-            enabled.add_metric(values, int(endpoint.enabled))
-            up.add_metric(values, int(endpoint.enabled and answered))
+            labels = [cluster.name, endpoint.name, endpoint.role]
             for name in STATES:
-                state.add_metric([*values, name], int(endpoint.state == name))
-            if endpoint.health_score is not None:
-                score.add_metric(values, endpoint.health_score)
-            if endpoint.last_latency_ms is not None:
-                latency.add_metric(values, endpoint.last_latency_ms / 1000)
-            if endpoint.replication_lag_bytes is not None:
-                lag_bytes.add_metric(values, endpoint.replication_lag_bytes)
-            if endpoint.replication_lag_s is not None:
-                lag_seconds.add_metric(values, endpoint.replication_lag_s)
-            failures.add_metric(values, endpoint.consecutive_failures)
-            if endpoint.in_recovery is not None:
-                recovery.add_metric(values, int(endpoint.in_recovery))
-            mismatch.add_metric(values, int(endpoint.role_mismatch))
-            if endpoint.last_checked_at is not None:
-                checked.add_metric(values, endpoint.last_checked_at.timestamp())
-    yield from (enabled, up, state, score, latency, lag_bytes, lag_seconds)
-    yield from (failures, recovery, mismatch, checked)
+                state.add_metric([*labels, name], int(endpoint.state == name))
+            for key, value in _endpoint_samples(endpoint).items():
+                if value is not None:
+                    gauges[key].add_metric(labels, value)
+    yield gauges.pop("enabled")
+    yield gauges.pop("up")
+    yield state
+    yield from gauges.values()
+
+
+def _endpoint_samples(endpoint: Endpoint) -> dict[str, float | None]:
+    """The value of each per-endpoint gauge; None leaves the series out (unknown)."""
+    answered = (
+        endpoint.last_checked_at is not None
+        and endpoint.consecutive_failures == 0
+        and not endpoint.last_error
+    )
+    latency_ms, in_recovery, checked_at = (
+        endpoint.last_latency_ms,
+        endpoint.in_recovery,
+        endpoint.last_checked_at,
+    )
+    return {
+        "enabled": int(endpoint.enabled),
+        "up": int(endpoint.enabled and answered),
+        "score": endpoint.health_score,
+        "latency": None if latency_ms is None else latency_ms / 1000,
+        "lag_bytes": endpoint.replication_lag_bytes,
+        "lag_seconds": endpoint.replication_lag_s,
+        "failures": endpoint.consecutive_failures,
+        "recovery": None if in_recovery is None else int(in_recovery),
+        "mismatch": int(endpoint.role_mismatch),
+        "checked": None if checked_at is None else checked_at.timestamp(),
+    }
 
 
 def _cluster_families(registry: _Registry) -> Iterator[Metric]:
@@ -392,6 +409,98 @@ def _routed_clusters() -> list[tuple[routing.Router, routing.ClusterRuntime]]:
     return [(router, runtime) for runtime in router.runtimes()]
 
 
+# (key, name, help) of the router's per-endpoint counters, then of its pool gauges.
+_ROUTER_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    (
+        "requests",
+        "pgwarden_router_requests",
+        "Attempts this process sent to the endpoint (each retry counts), per process.",
+    ),
+    (
+        "errors",
+        "pgwarden_router_errors",
+        "Attempts that failed to get a connection or lost it, per process.",
+    ),
+    (
+        "retries",
+        "pgwarden_router_retries",
+        "Attempts on the endpoint that retried a failed one, per process.",
+    ),
+)
+_POOL_GAUGES: tuple[tuple[str, str, str], ...] = (
+    (
+        "size",
+        "pgwarden_router_pool_size",
+        "Connections open in this process's pool for the endpoint (absent without a pool).",
+    ),
+    ("max_size", "pgwarden_router_pool_max_size", "The pool's maximum size, per process."),
+    ("in_use", "pgwarden_router_pool_in_use", "Pool connections checked out right now."),
+    ("waiting", "pgwarden_router_pool_waiting", "Requests waiting for a pool connection."),
+)
+
+
+@dataclass(frozen=True)
+class _RouterFamilies:
+    counters: dict[str, CounterMetricFamily]
+    circuit: GaugeMetricFamily
+    opened: CounterMetricFamily
+    pool: dict[str, GaugeMetricFamily]
+    latency: HistogramMetricFamily
+
+    @classmethod
+    def empty(cls) -> _RouterFamilies:
+        labels = ROUTER_LABELS
+        return cls(
+            counters={key: _counter(name, doc, labels) for key, name, doc in _ROUTER_COUNTERS},
+            circuit=_gauge(
+                "pgwarden_router_circuit_state",
+                "This process's circuit breaker for the endpoint: 1 for the current state.",
+                (*labels, "state"),
+            ),
+            opened=_counter(
+                "pgwarden_router_circuit_opened",
+                "Times this process's circuit breaker for the endpoint opened.",
+                labels,
+            ),
+            pool={key: _gauge(name, doc, labels) for key, name, doc in _POOL_GAUGES},
+            latency=HistogramMetricFamily(
+                "pgwarden_router_query_duration_seconds",
+                "Time of each attempt the endpoint answered (a result or an SQL error), per "
+                "process.",
+                labels=list(labels),
+            ),
+        )
+
+    def add(
+        self,
+        labels: list[str],
+        snapshot: routing.StatsSnapshot | None,
+        breaker: CircuitBreaker | None,
+        pool: PoolStats | None,
+    ) -> None:
+        """One endpoint's series; no stats, breaker or pool yet means nothing sent there."""
+        for key, counter in self.counters.items():
+            counter.add_metric(labels, getattr(snapshot, key) if snapshot else 0)
+        self.latency.add_metric(labels, *_histogram(snapshot))
+        current, opened_count = CLOSED, 0
+        if breaker is not None:
+            breaker_state = breaker.snapshot()
+            current = str(breaker_state["state"])
+            opened_count = cast(int, breaker_state["opened_count"])
+        for name in CIRCUIT_STATES:
+            self.circuit.add_metric([*labels, name], int(current == name))
+        self.opened.add_metric(labels, opened_count)
+        if pool is not None:
+            for key, gauge in self.pool.items():
+                gauge.add_metric(labels, getattr(pool, key))
+
+    def __iter__(self) -> Iterator[Metric]:
+        yield from self.counters.values()
+        yield from (self.circuit, self.opened)
+        yield from self.pool.values()
+        yield self.latency
+
+
 def _router_families(roles: dict[tuple[str, str], str]) -> Iterator[Metric]:
     process = process_label()
     routed = _routed_clusters()
@@ -402,85 +511,21 @@ def _router_families(roles: dict[tuple[str, str], str]) -> Iterator[Metric]:
         ["process"],
     )
     clusters.add_metric([process], len(routed))
-    labels = ROUTER_LABELS
-    requests = _counter(
-        "pgwarden_router_requests",
-        "Attempts this process sent to the endpoint (each retry counts), per process.",
-        labels,
-    )
-    errors = _counter(
-        "pgwarden_router_errors",
-        "Attempts that failed to get a connection or lost it, per process.",
-        labels,
-    )
-    retries = _counter(
-        "pgwarden_router_retries",
-        "Attempts on the endpoint that retried a failed one, per process.",
-        labels,
-    )
-    circuit = _gauge(
-        "pgwarden_router_circuit_state",
-        "This process's circuit breaker for the endpoint: 1 for the current state.",
-        (*labels, "state"),
-    )
-    opened = _counter(
-        "pgwarden_router_circuit_opened",
-        "Times this process's circuit breaker for the endpoint opened.",
-        labels,
-    )
-    pool_size = _gauge(
-        "pgwarden_router_pool_size",
-        "Connections open in this process's pool for the endpoint (absent without a pool).",
-        labels,
-    )
-    pool_max = _gauge(
-        "pgwarden_router_pool_max_size", "The pool's maximum size, per process.", labels
-    )
-    pool_in_use = _gauge(
-        "pgwarden_router_pool_in_use", "Pool connections checked out right now.", labels
-    )
-    pool_waiting = _gauge(
-        "pgwarden_router_pool_waiting", "Requests waiting for a pool connection.", labels
-    )
-    latency = HistogramMetricFamily(
-        "pgwarden_router_query_duration_seconds",
-        "Time of each attempt the endpoint answered (a result or an SQL error), per process.",
-        labels=list(labels),
-    )
+    families = _RouterFamilies.empty()
     for router, runtime in routed:
         view = runtime.view
         for endpoint in view.endpoints:
-            values = [
-                view.name,
-                endpoint.name,
-                roles.get((view.name, endpoint.name), endpoint.role),
-                process,
-            ]
+            role = roles.get((view.name, endpoint.name), endpoint.role)
             stats = runtime.stats.get(endpoint.name)
-            snapshot = stats.snapshot() if stats is not None else None
-            requests.add_metric(values, snapshot.requests if snapshot else 0)
-            errors.add_metric(values, snapshot.errors if snapshot else 0)
-            retries.add_metric(values, snapshot.retries if snapshot else 0)
-            latency.add_metric(values, *_histogram(snapshot))
-            breaker = runtime.breakers.get(endpoint.name)
-            # No breaker yet: nothing was sent there, so closed and never opened.
-            current, opened_count = CLOSED, 0
-            if breaker is not None:
-                breaker_state = breaker.snapshot()
-                current = str(breaker_state["state"])
-                opened_count = cast(int, breaker_state["opened_count"])
-            for name in CIRCUIT_STATES:
-                circuit.add_metric([*values, name], int(current == name))
-            opened.add_metric(values, opened_count)
             pool = router.pools.peek(endpoint.id)
-            if pool is not None:
-                pool_stats = pool.stats()
-                pool_size.add_metric(values, pool_stats["size"])
-                pool_max.add_metric(values, pool_stats["max_size"])
-                pool_in_use.add_metric(values, pool_stats["in_use"])
-                pool_waiting.add_metric(values, pool_stats["waiting"])
-    yield from (clusters, requests, errors, retries, circuit, opened)
-    yield from (pool_size, pool_max, pool_in_use, pool_waiting, latency)
+            families.add(
+                [view.name, endpoint.name, role, process],
+                stats.snapshot() if stats is not None else None,
+                runtime.breakers.get(endpoint.name),
+                pool.stats() if pool is not None else None,
+            )
+    yield clusters
+    yield from families
 
 
 def _histogram(

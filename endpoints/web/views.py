@@ -40,7 +40,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_safe
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from endpoints.core.crypto import redact
+from endpoints.core.errortext import first_line
 from endpoints.models import Cluster, Endpoint
 from endpoints.web import metrics
 
@@ -94,15 +94,17 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def _describe(exc: BaseException) -> str:
-    """One line about a failure, without any password (in URLs or configured)."""
-    text = str(exc).strip()
-    line = text.splitlines()[0].strip() if text else type(exc).__name__
-    line = _URL_CREDENTIALS.sub(r"\g<scheme>***@", line)
+    """One line about a failure, without any password (in URLs or configured).
+
+    Beyond :func:`first_line`'s masking, a URL's whole user part goes (a Redis URL may
+    carry a token as its user name).
+    """
     passwords = [
         str(settings.DATABASES["default"].get("PASSWORD") or ""),
         *(urlsplit(url).password or "" for url in (settings.REDIS_URL, settings.CELERY_BROKER_URL)),
     ]
-    return redact(line, *passwords)[:_ERROR_CHARS]
+    line = first_line(exc, *passwords)
+    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", line)[:_ERROR_CHARS]
 
 
 def _check_database() -> str:
