@@ -1,72 +1,74 @@
-"""Shared fixtures: a real PostgreSQL primary with two streaming replicas and a real Redis.
+"""Shared fixtures and hooks; the helpers behind them live in ``tests/helpers/``.
 
-Both are started once per test session on free loopback ports, with the same
-code ``make run`` uses (endpoints.devstack.localcluster), and torn down at the end.
+The real servers (a PostgreSQL primary with two streaming replicas, Redis, Celery) are
+session fixtures, so they start only when a collected test asks for one, once per
+session, on free loopback ports, with the same code ``make run`` uses; they are torn
+down at the end. Every test that needs one, directly or through another fixture, is
+marked ``servers`` at collection: ``pytest -m "not servers"`` (``make test-unit``)
+starts none of them.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from endpoints.devstack.localcluster import (
-    LocalPostgresCluster,
-    LocalRedis,
-    SilentListener,
-    local_redis_for_url,
-)
-
-ROOT = Path(__file__).resolve().parent.parent
+from endpoints.devstack.localcluster import LocalPostgresCluster, LocalRedis, SilentListener
+from tests.helpers import ROOT
+from tests.helpers.cluster import running_cluster, running_redis
+from tests.helpers.markers import SERVER_FIXTURES, deselects_servers
+from tests.helpers.registry import register_with_table_t
+from tests.helpers.workers import CeleryDidNotStart, running_beat, running_worker
 
 
-def _scratch_dir(prefix: str) -> Path:
-    # Under /tmp rather than pytest's tmp_path: the postgres OS user must traverse it.
-    return Path(tempfile.mkdtemp(prefix=prefix))
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``servers`` every test whose fixtures start a real server."""
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
+
+def _refuse_without_servers(request: pytest.FixtureRequest) -> None:
+    """Fail the test that asked for a server fixture in a run that left servers out.
+
+    Only a test that reached the fixture past the marker (``request.getfixturevalue``)
+    gets here; starting the cluster anyway would make ``make test-unit`` slow and wrong.
+    """
+    if deselects_servers(request.config.getoption("markexpr") or ""):
+        pytest.fail(
+            f"{request.fixturename} was requested in a run without servers: mark the test "
+            "`pytest.mark.servers` (tests/helpers/markers.py)"
+        )
 
 
 @pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[LocalPostgresCluster]:
+def pg_cluster(request: pytest.FixtureRequest) -> Iterator[LocalPostgresCluster]:
     """A primary and two streaming replicas, shared by the whole session."""
-    # The mkdtemp dir itself is the base dir: the cluster hands it to the postgres OS user,
-    # while a directory inside it would sit behind mkdtemp's mode 0700.
-    cluster = LocalPostgresCluster(_scratch_dir("pgwarden-test-cluster-"), replicas=2)
-    try:
-        cluster.start()
+    _refuse_without_servers(request)
+    with running_cluster("pgwarden-test-cluster-", replicas=2) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[LocalRedis]:
+def redis_server(request: pytest.FixtureRequest) -> Iterator[LocalRedis]:
     """A redis-server on the loopback port that the test settings' REDIS_URL names."""
+    _refuse_without_servers(request)
     from django.conf import settings
 
-    base = _scratch_dir("pgwarden-test-redis-")
-    redis = local_redis_for_url(settings.REDIS_URL, base)
-    assert redis is not None, f"test REDIS_URL {settings.REDIS_URL} is not on loopback"
-    try:
-        redis.start()
+    with running_redis(settings.REDIS_URL) as redis:
         yield redis
-    finally:
-        redis.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
 def local_cluster(db, pg_cluster):
     """Cluster ``local`` registered in the test database, as ``make run`` registers it."""
-    from endpoints.devstack.localstack import register_local_cluster
+    from endpoints.services.registration import register_local_cluster
 
     return register_local_cluster(pg_cluster).cluster
 
@@ -95,21 +97,6 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_manage(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run ``manage.py`` the way an operator does, in a child process."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), *args],
-        cwd=ROOT,
-        env=env if env is not None else dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup, django_db_blocker, redis_server):
     """A real ``celery --app=project worker`` on the test broker and the test database.
@@ -119,69 +106,26 @@ def celery_worker(django_db_setup, django_db_blocker, redis_server):
     """
     from project.celery import app
 
+    options = [
+        "--pool=solo",
+        "--loglevel=INFO",
+        "--without-mingle",
+        "--without-gossip",
+        f"--hostname=pgwarden-test-{os.getpid()}@%h",
+    ]
     log_path = ROOT / "var" / f"test-celery-worker-{os.getpid()}.log"
-    with log_path.open("w") as log:
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "--app=project",
-                "worker",
-                "--pool=solo",
-                "--loglevel=INFO",
-                "--without-mingle",
-                "--without-gossip",
-                f"--hostname=pgwarden-test-{os.getpid()}@%h",
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        deadline = time.monotonic() + 60
-        while not app.control.ping(timeout=0.5):
-            if worker.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the Celery worker did not come up:\n{log_path.read_text()[-3000:]}")
-        yield app
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        log_path.unlink(missing_ok=True)
+        with running_worker(app, options, log_path):
+            yield app
+    except CeleryDidNotStart as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture
-def celery_beat(celery_worker, tmp_path):
+def celery_beat(celery_worker: Any, tmp_path: Path) -> Iterator[Any]:
     """A real ``celery beat`` with the project's schedule, for one test, feeding the worker."""
-    log_path = tmp_path / "beat.log"
-    with log_path.open("w") as log:
-        beat = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "--app=project",
-                "beat",
-                "--loglevel=INFO",
-                f"--schedule={tmp_path / 'celerybeat-schedule'}",
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with running_beat(tmp_path / "celerybeat-schedule", tmp_path / "beat.log") as beat:
         yield beat
-    finally:
-        beat.terminate()
-        try:
-            beat.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            beat.kill()
-            beat.wait()
 
 
 @pytest.fixture
@@ -195,86 +139,20 @@ def fresh_router(redis_server: LocalRedis) -> Iterator[None]:
 
 
 @pytest.fixture
-def fresh(redis_server: LocalRedis) -> Iterator[tuple[LocalPostgresCluster, Any]]:
+def fresh(
+    request: pytest.FixtureRequest, redis_server: LocalRedis
+) -> Iterator[tuple[LocalPostgresCluster, Any]]:
     """A new primary + 2 replicas with a table ``t``, registered under a unique name.
 
     For tests that kill, promote or fence servers, which the shared cluster must never
     see; destroyed afterwards.
     """
-    import uuid
-
-    import psycopg
-
     from endpoints import routing
-    from endpoints.devstack.localstack import register_local_cluster
 
-    local = LocalPostgresCluster(_scratch_dir("pgwarden-fresh-"), replicas=2)
-    try:
-        local.start()
-        cluster = register_local_cluster(local, f"fresh-{uuid.uuid4().hex[:8]}").cluster
-        with psycopg.connect(**local.conninfo("primary"), autocommit=True) as conn:
-            conn.execute("CREATE TABLE t (id bigserial PRIMARY KEY, note text)")
-        local.wait_for_replay()
-        yield local, cluster
-    finally:
-        routing.reset_router()
-        local.destroy()
+    _refuse_without_servers(request)
 
-
-def terminate_backend_running(
-    pg_cluster: LocalPostgresCluster, query_like: str, timeout_s: float = 10.0
-) -> None:
-    """Kill the server backend running a query that matches ``query_like``, once it runs.
-
-    Cuts a client's connection mid-statement, as a crash or a network failure would.
-    """
-    import psycopg
-
-    with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as admin:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            row = admin.execute(
-                "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE query LIKE %s AND state = 'active' AND pid <> pg_backend_pid()",
-                [query_like],
-            ).fetchone()
-            if row and row[0]:
-                return
-            assert time.monotonic() < deadline, f"no query like {query_like!r} started"
-            time.sleep(0.02)
-
-
-def add_endpoint(
-    cluster: Any,
-    name: str,
-    port: int,
-    *,
-    role: str = "replica",
-    state: str = "unknown",
-    user: str | None = None,
-    password: str | None = None,
-) -> Any:
-    """An endpoint on 127.0.0.1:``port`` with the cluster primary's credentials.
-
-    ``user``/``password`` override them; ``state`` is set as a sweep would have left it.
-    """
-    from endpoints.models import Endpoint, Role
-
-    template = cluster.endpoints.filter(role=Role.PRIMARY).first()
-    endpoint = Endpoint(
-        cluster=cluster,
-        name=name,
-        host="127.0.0.1",
-        port=port,
-        role=role,
-        sslmode="disable",
-        dbname=template.dbname if template else "postgres",
-        user=user or (template.user if template else "postgres"),
-        password_encrypted=template.password_encrypted if template else "",
-    )
-    if password is not None:
-        endpoint.set_password(password)
-    endpoint.save()
-    if state != "unknown":
-        Endpoint.objects.filter(pk=endpoint.pk).update(state=state)
-    return endpoint
+    with running_cluster("pgwarden-fresh-", replicas=2) as local:
+        try:
+            yield local, register_with_table_t(local)
+        finally:
+            routing.reset_router()

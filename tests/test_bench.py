@@ -7,7 +7,12 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+import pytest
+
+from tests.helpers import ROOT
+
+# `python -m bench` starts a throwaway PostgreSQL cluster and Redis.
+pytestmark = pytest.mark.servers
 
 
 def test_bench_quick_run_prints_every_target_with_a_ratio() -> None:

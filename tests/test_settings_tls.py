@@ -1,8 +1,10 @@
 """PGWARDEN_HTTPS: the real project.settings, read by ``manage.py`` in a child process.
 
-Each test runs ``manage.py shell -c`` with a controlled environment (see
-:func:`tests.test_env.manage_env`), so what it checks is what an operator's
-process gets, not settings overridden inside the test process.
+Each environment (HTTPS on, HTTPS unset) gets one ``manage.py shell -c`` child with a
+controlled environment (see :func:`tests.test_env.manage_env`), which prints the settings
+and the responses to two requests; so what the tests check is what an operator's process
+gets, not settings overridden inside the test process. One child per environment rather
+than per test: each start-up costs a second or more.
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import run_manage
+import pytest
+
+from tests.helpers.processes import run_manage
 from tests.test_env import manage_env
 
 ONE_YEAR_S = 31_536_000
+LABELS = ("SETTINGS", "RESPONSES")
 
+# The settings an operator's process ends up with.
 PRINT_SETTINGS = """
 import json
 from django.conf import settings
-print(json.dumps({
+print("SETTINGS", json.dumps({
     "PGWARDEN_HTTPS": settings.PGWARDEN_HTTPS,
     "SESSION_COOKIE_SECURE": settings.SESSION_COOKIE_SECURE,
     "CSRF_COOKIE_SECURE": settings.CSRF_COOKIE_SECURE,
@@ -45,21 +51,38 @@ for name, headers in (("forwarded", {"HTTP_X_FORWARDED_PROTO": "https"}), ("plai
         "hsts": response.headers.get("Strict-Transport-Security"),
         "csrf_cookie_secure": bool(cookie["secure"]) if cookie is not None else None,
     }
-print(json.dumps(seen))
+print("RESPONSES", json.dumps(seen))
 """
 
 
-def run_shell(tmp_path: Path, script: str, **overrides: str | None) -> Any:
-    """Run ``script`` in ``manage.py shell -c`` and return the JSON it printed."""
+def run_shell(tmp_path: Path, script: str, **overrides: str | None) -> dict[str, Any]:
+    """Run ``script`` in ``manage.py shell -c``; each ``LABEL {json}`` line it printed."""
     result = run_manage(
         "shell", "-c", script, env=manage_env(tmp_path, ALLOWED_HOSTS="testserver", **overrides)
     )
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    labelled = (line.partition(" ") for line in result.stdout.splitlines())
+    return {label: json.loads(value) for label, _, value in labelled if label in LABELS}
 
 
-def test_https_true_makes_cookies_secure_sends_hsts_and_trusts_the_proxy(tmp_path: Path) -> None:
-    seen = run_shell(tmp_path, PRINT_SETTINGS, PGWARDEN_HTTPS="true")
+@pytest.fixture(scope="module")
+def with_https(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """What a process with ``PGWARDEN_HTTPS=true`` prints: SETTINGS and RESPONSES."""
+    tmp_path = tmp_path_factory.mktemp("https")
+    return run_shell(tmp_path, PRINT_SETTINGS + PRINT_RESPONSES, PGWARDEN_HTTPS="true")
+
+
+@pytest.fixture(scope="module")
+def without_https(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """What a process without ``PGWARDEN_HTTPS`` prints: SETTINGS and RESPONSES."""
+    tmp_path = tmp_path_factory.mktemp("no-https")
+    return run_shell(tmp_path, PRINT_SETTINGS + PRINT_RESPONSES, PGWARDEN_HTTPS=None)
+
+
+def test_https_true_makes_cookies_secure_sends_hsts_and_trusts_the_proxy(
+    with_https: dict[str, Any],
+) -> None:
+    seen = with_https["SETTINGS"]
 
     assert seen == {
         "PGWARDEN_HTTPS": True,
@@ -74,8 +97,8 @@ def test_https_true_makes_cookies_secure_sends_hsts_and_trusts_the_proxy(tmp_pat
     }
 
 
-def test_without_https_django_s_defaults_stand(tmp_path: Path) -> None:
-    seen = run_shell(tmp_path, PRINT_SETTINGS, PGWARDEN_HTTPS=None)
+def test_without_https_django_s_defaults_stand(without_https: dict[str, Any]) -> None:
+    seen = without_https["SETTINGS"]
 
     assert seen == {
         "PGWARDEN_HTTPS": False,
@@ -89,8 +112,10 @@ def test_without_https_django_s_defaults_stand(tmp_path: Path) -> None:
     }
 
 
-def test_https_true_sends_hsts_on_forwarded_https_requests_only(tmp_path: Path) -> None:
-    seen = run_shell(tmp_path, PRINT_RESPONSES, PGWARDEN_HTTPS="true")
+def test_https_true_sends_hsts_on_forwarded_https_requests_only(
+    with_https: dict[str, Any],
+) -> None:
+    seen = with_https["RESPONSES"]
 
     assert seen["forwarded"] == {
         "status": 200,
@@ -103,8 +128,10 @@ def test_https_true_sends_hsts_on_forwarded_https_requests_only(tmp_path: Path) 
     assert seen["plain"]["csrf_cookie_secure"] is True
 
 
-def test_without_https_the_forwarded_header_is_not_trusted(tmp_path: Path) -> None:
-    seen = run_shell(tmp_path, PRINT_RESPONSES, PGWARDEN_HTTPS=None)
+def test_without_https_the_forwarded_header_is_not_trusted(
+    without_https: dict[str, Any],
+) -> None:
+    seen = without_https["RESPONSES"]
 
     for name in ("forwarded", "plain"):
         assert seen[name] == {"status": 200, "hsts": None, "csrf_cookie_secure": False}, name
