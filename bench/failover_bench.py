@@ -26,10 +26,11 @@ import psycopg
 from django.db import connection
 from psycopg import sql
 
-from endpoints import failover, health, routing
+from endpoints import control, failover, routing
+from endpoints.core.waiting import poll_until
 from endpoints.devstack.localcluster import LocalPostgresCluster
-from endpoints.devstack.localstack import register_local_cluster
 from endpoints.models import Cluster, Endpoint, Role, State
+from endpoints.services.registration import register_local_cluster
 
 Row = tuple[str, str, str, str, str]
 CLUSTER = "bench-failover"
@@ -144,9 +145,9 @@ class _HealthLoop(threading.Thread):
             next_tick = time.monotonic()
             while not self.stop.is_set():
                 cluster = Cluster.objects.get(name=CLUSTER)
-                health.sweep(cluster)
+                control.sweep(cluster)
                 primary = cluster.endpoints.filter(role=Role.PRIMARY, enabled=True).first()
-                # health.sweep hands a down primary to failover itself; should it not, this
+                # control.sweep hands a down primary to failover itself; should it not, this
                 # is the same hand-over (a no-op once the new primary answers).
                 if (
                     primary is not None
@@ -228,7 +229,9 @@ def _set_synchronous(local: LocalPostgresCluster, primary: str, synchronous: boo
 def _rejoin_killed_primary(local: LocalPostgresCluster) -> None:
     """Rebuild the fenced old primary from the new one and re-admit it, as an operator would."""
     new = _registered_primary()
-    fenced = Endpoint.objects.select_related("cluster").get(cluster__name=CLUSTER, state="fenced")
+    fenced = Endpoint.objects.select_related("cluster").get(
+        cluster__name=CLUSTER, state=State.FENCED
+    )
     local.rebuild_as_replica(fenced.name, new)
     failover.readmit(fenced)
 
@@ -247,8 +250,5 @@ def _registered_primary() -> str:
 
 
 def _wait_for(check: Callable[[], bool], what: str, timeout_s: float = RUN_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"failover bench: no {what} within {timeout_s:g} s")
-        time.sleep(0.01)
+    if not poll_until(check, timeout_s=timeout_s, interval_s=0.01):
+        raise RuntimeError(f"failover bench: no {what} within {timeout_s:g} s")

@@ -32,7 +32,7 @@ from endpoints.health.upstream import (
     streaming_from_primary,
 )
 from endpoints.models import Cluster, Endpoint, FailoverEvent, Role, State
-from tests.conftest import add_endpoint
+from tests.helpers.registry import add_endpoint
 from tests.test_failover import endpoint, record_streams, sql, step_names
 
 # The decision: live, from the primary's walsenders

@@ -14,7 +14,8 @@ from django.core.management.base import (
 )
 
 from endpoints import failover
-from endpoints.models import Cluster, FailoverEvent
+from endpoints.core.vocabulary import FailoverKind, FailoverOutcome
+from endpoints.models import Cluster
 
 DESCRIPTION = """\
 Promote a replica of CLUSTER to primary, and show every step.
@@ -129,7 +130,7 @@ class Command(BaseCommand):
                 )
             else:
                 event = failover.fail_over(
-                    cluster, to=plan.candidate, kind=FailoverEvent.Kind.MANUAL, reason=reason
+                    cluster, to=plan.candidate, kind=FailoverKind.MANUAL, reason=reason
                 )
         except failover.FailoverError as exc:
             raise CommandError(str(exc)) from None
@@ -142,7 +143,7 @@ class Command(BaseCommand):
             f"{what.capitalize()} #{event.pk} {event.get_outcome_display()}: "
             f"{event.old_primary_name or '-'} -> {event.new_primary_name or '-'}"
         )
-        if event.outcome != FailoverEvent.Outcome.SUCCEEDED:
+        if event.outcome != FailoverOutcome.SUCCEEDED:
             raise CommandError(f"{summary}. {event.reason}")
         self.stdout.write(self.style.SUCCESS(summary))
 
