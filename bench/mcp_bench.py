@@ -18,13 +18,14 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 import anyio
 
 from endpoints import routing
 from endpoints.services import queries
-from tests.mcp_client import mcp_server
+from tests.helpers.mcp_client import mcp_server
 
 Row = tuple[str, str, str, str, str]
 CLUSTER = "local"
@@ -69,17 +70,8 @@ def run(*, quick: bool) -> list[Row]:
                     await call()
                     samples[call].append((time.perf_counter() - started) * 1000)
 
-    # The direct call runs in the event loop, where Django refuses database access by
-    # default; the router reloads its topology from the registry now and then.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
+    with _database_access_in_the_event_loop():
         anyio.run(main)
-    finally:
-        if previous is None:
-            del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
     mcp, service_median = statistics.median(mcp_ms), statistics.median(service_ms)
     return [
         _row("median", mcp, statistics.median(direct_ms)),
@@ -92,6 +84,21 @@ def run(*, quick: bool) -> list[Row]:
             "",
         ),
     ]
+
+
+@contextmanager
+def _database_access_in_the_event_loop() -> Iterator[None]:
+    """The direct calls run in the event loop, where Django refuses database access by
+    default; the router reloads its topology from the registry now and then."""
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 def _row(label: str, ours: float, baseline: float) -> Row:

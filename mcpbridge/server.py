@@ -1,8 +1,9 @@
 """The MCP server: pgwarden's services as Model Context Protocol tools and resources.
 
 Protocol only. Each tool parses its arguments (their JSON schema, descriptions
-included, comes from the annotations below), calls one service in ``endpoints``
-and returns its result as structured output. Every failure reaches the client as
+included, comes from the annotations below), calls one service in
+``endpoints.services`` and returns its typed result, which the SDK publishes as the
+tool's ``outputSchema`` and sends as structured output. Every failure reaches the client as
 a tool error (``isError``) with one clear message (:func:`_tool_errors`): never
 a traceback, a password or a connection string.
 
@@ -24,10 +25,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from django.core.exceptions import ValidationError
 from django.db import close_old_connections
@@ -38,7 +39,7 @@ from pydantic import Field
 
 from endpoints import routing
 from endpoints.core.crypto import redact
-from endpoints.failover import FailoverError
+from endpoints.core.vocabulary import Role
 from endpoints.models import Cluster
 from endpoints.services import catalog, fleet, queries
 from endpoints.services.assistant import (
@@ -48,6 +49,8 @@ from endpoints.services.assistant import (
     AccessRefused,
     QuerySlots,
 )
+from endpoints.services.results import Answer
+from mcpbridge.serving import lowlevel_server
 from mcpbridge.stdio import stdio_streams
 
 logger = logging.getLogger("pgwarden.mcp")
@@ -121,6 +124,9 @@ TimeoutMs = Annotated[
 ]
 EndpointName = Annotated[str, Field(description="Endpoint name, as registered.", min_length=1)]
 
+AnswerT = TypeVar("AnswerT", bound=Answer)
+_Tool = TypeVar("_Tool", bound=Callable[..., Any])
+
 
 class _Bridge:
     def __init__(self, config: BridgeConfig, policy: AccessPolicy) -> None:
@@ -155,12 +161,10 @@ class _Bridge:
         """How a SQL tool reaches the cluster: its assistant role, checked (AccessRefused)."""
         return self.policy.access(self.cluster(name), writes=writes)
 
-    def answer(self, result: dict[str, Any], access: Access | None = None) -> dict[str, Any]:
+    def answer(self, result: AnswerT, access: Access | None = None) -> AnswerT:
         """``result`` with the unsafe-mode warning every answer carries when it applies."""
         warning = (access.warning if access is not None else "") or self.warning()
-        if warning:
-            return {**result, "warning": warning}
-        return result
+        return result.warned(warning)
 
     def warning(self) -> str:
         """What every answer (and error) says in unsafe mode; empty otherwise."""
@@ -199,7 +203,7 @@ def _as_tool_error(tool: str, exc: Exception) -> ToolError:
         # NoEndpointAvailable (each endpoint's reason), ClusterNotFound (the known
         # clusters), AccessRefused (what role to create), AssistantBusy.
         return ToolError(redact(str(exc)))
-    if isinstance(exc, FailoverError):
+    if isinstance(exc, fleet.FailoverError):
         return ToolError(f"failover refused: {redact(str(exc))}")
     if isinstance(exc, ValidationError):
         return ToolError(f"invalid input: {redact('; '.join(_messages(exc)))}")
@@ -225,12 +229,16 @@ OPERATE = ToolAnnotations(
 
 
 class PgwardenServer(MCPServer):
-    """The SDK's server, served on stdio by :mod:`mcpbridge.stdio` (no thread per message)."""
+    """The SDK's server, served on stdio by :mod:`mcpbridge.stdio` (no thread per message).
+
+    The session runs on the SDK's public low-level server, answering with this server's
+    tools and resources (:func:`mcpbridge.serving.lowlevel_server`).
+    """
 
     async def run_stdio_async(self) -> None:
+        session = lowlevel_server(self)
         async with stdio_streams() as (read_stream, write_stream):
-            lowlevel = self._lowlevel_server
-            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+            await session.run(read_stream, write_stream, session.create_initialization_options())
 
 
 def build_server(config: BridgeConfig, policy: AccessPolicy | None = None) -> PgwardenServer:
@@ -241,21 +249,27 @@ def build_server(config: BridgeConfig, policy: AccessPolicy | None = None) -> Pg
     """
     server = PgwardenServer(name="pgwarden", instructions=INSTRUCTIONS)
     bridge = _Bridge(config, policy or AccessPolicy(allow_unsafe=config.allow_unsafe))
+    adders: list[Callable[[MCPServer, _Bridge], None]] = []
     if config.sql_reads:
-        _add_sql_read_tools(server, bridge)
-    _add_fleet_read_tools(server, bridge)
+        adders += [_add_query, _add_explain, _add_catalog_tools]
+    adders += [_add_fleet_read_tools]
     if config.allow_writes and config.sql_writes:
-        _add_write_tools(server, bridge)
+        adders += [_add_write_tools]
     if config.allow_admin:
-        _add_admin_tools(server, bridge)
+        adders += [_add_operation_tools, _add_endpoint_tool, _add_endpoint_change_tools]
+    for add in adders:
+        add(server, bridge)
     _add_resources(server, bridge)
     return server
 
 
-def _add_sql_read_tools(server: MCPServer, bridge: _Bridge) -> None:
-    allow_writes = bridge.config.allow_writes
+def _tool(server: MCPServer, annotations: ToolAnnotations) -> Callable[[_Tool], _Tool]:
+    """``server.tool``: its output schema from the return type, or it does not register."""
+    return server.tool(annotations=annotations, structured_output=True)
 
-    @server.tool(annotations=READ)
+
+def _add_query(server: MCPServer, bridge: _Bridge) -> None:
+    @_tool(server, READ)
     def query(
         sql: Sql,
         params: Params = None,
@@ -263,7 +277,7 @@ def _add_sql_read_tools(server: MCPServer, bridge: _Bridge) -> None:
         read_preference: ReadPreference = None,
         max_rows: MaxRows = queries.DEFAULT_MAX_ROWS,
         timeout_ms: TimeoutMs = queries.DEFAULT_TIMEOUT_MS,
-    ) -> dict[str, Any]:
+    ) -> queries.ReadResult:
         """Run one read-only SQL statement and return its rows.
 
         The statement must be a read (SELECT, VALUES, TABLE, SHOW, EXPLAIN): anything
@@ -274,20 +288,22 @@ def _add_sql_read_tools(server: MCPServer, bridge: _Bridge) -> None:
         as strings, timestamps in ISO 8601, bytea in base64, json as values.
         """
         with _sql_call(bridge, "query", cluster) as access:
-            return bridge.answer(
-                queries.read_query(
-                    access.cluster,
-                    sql,
-                    params,
-                    read_preference=read_preference,
-                    max_rows=max_rows,
-                    timeout_ms=timeout_ms,
-                    purpose=access.purpose,
-                ),
-                access,
+            result = queries.read_query(
+                access.cluster,
+                sql,
+                params,
+                read_preference=read_preference,
+                max_rows=max_rows,
+                timeout_ms=timeout_ms,
+                purpose=access.purpose,
             )
+            return bridge.answer(result, access)
 
-    @server.tool(annotations=READ)
+
+def _add_explain(server: MCPServer, bridge: _Bridge) -> None:
+    allow_writes = bridge.config.allow_writes
+
+    @_tool(server, READ)
     def explain(
         sql: Sql,
         params: Params = None,
@@ -300,7 +316,7 @@ def _add_sql_read_tools(server: MCPServer, bridge: _Bridge) -> None:
         ] = False,
         cluster: ClusterName = None,
         timeout_ms: TimeoutMs = queries.DEFAULT_TIMEOUT_MS,
-    ) -> dict[str, Any]:
+    ) -> queries.ExplainResult:
         """The query plan of one statement, as PostgreSQL's JSON plan."""
         with _sql_call(bridge, "explain", cluster) as access:
             write_purpose = access.purpose
@@ -309,45 +325,45 @@ def _add_sql_read_tools(server: MCPServer, bridge: _Bridge) -> None:
                 # without a write role the read role's session refuses it.
                 with contextlib.suppress(AccessRefused):
                     write_purpose = bridge.access(access.cluster, writes=True).purpose
-            return bridge.answer(
-                queries.explain(
-                    access.cluster,
-                    sql,
-                    params,
-                    analyze=analyze,
-                    allow_writes=allow_writes,
-                    timeout_ms=timeout_ms,
-                    purpose=access.purpose,
-                    write_purpose=write_purpose,
-                ),
-                access,
+            result = queries.explain(
+                access.cluster,
+                sql,
+                params,
+                analyze=analyze,
+                allow_writes=allow_writes,
+                timeout_ms=timeout_ms,
+                purpose=access.purpose,
+                write_purpose=write_purpose,
             )
+            return bridge.answer(result, access)
 
-    @server.tool(annotations=READ)
-    def list_schemas(cluster: ClusterName = None) -> dict[str, Any]:
+
+def _add_catalog_tools(server: MCPServer, bridge: _Bridge) -> None:
+    @_tool(server, READ)
+    def list_schemas(cluster: ClusterName = None) -> catalog.SchemaList:
         """The cluster's schemas (system schemas left out), with their owner and table count."""
         with _sql_call(bridge, "list_schemas", cluster) as access:
             schemas = catalog.list_schemas(access.cluster, purpose=access.purpose)
-            return bridge.answer({"schemas": schemas}, access)
+            return bridge.answer(schemas, access)
 
-    @server.tool(annotations=READ)
+    @_tool(server, READ)
     def list_tables(
         schema: Annotated[
             str | None, Field(description="Only this schema; omitted: every user schema.")
         ] = None,
         cluster: ClusterName = None,
-    ) -> dict[str, Any]:
+    ) -> catalog.TableList:
         """Tables, views and materialized views, with their kind and estimated row count."""
         with _sql_call(bridge, "list_tables", cluster) as access:
             tables = catalog.list_tables(access.cluster, schema, purpose=access.purpose)
-            return bridge.answer({"tables": tables}, access)
+            return bridge.answer(tables, access)
 
-    @server.tool(annotations=READ)
+    @_tool(server, READ)
     def describe_table(
         table: Annotated[str, Field(description="Table name, or schema.table.", min_length=1)],
         schema: Annotated[str | None, Field(description="The table's schema.")] = None,
         cluster: ClusterName = None,
-    ) -> dict[str, Any]:
+    ) -> catalog.TableDescription:
         """A table's columns (type, nullability, default), keys, foreign keys and indexes."""
         with _sql_call(bridge, "describe_table", cluster) as access:
             described = catalog.describe_table(
@@ -355,8 +371,8 @@ def _add_sql_read_tools(server: MCPServer, bridge: _Bridge) -> None:
             )
             return bridge.answer(described, access)
 
-    @server.tool(annotations=READ)
-    def database_info(cluster: ClusterName = None) -> dict[str, Any]:
+    @_tool(server, READ)
+    def database_info(cluster: ClusterName = None) -> fleet.DatabaseInfo:
         """Per endpoint: server version, database, user, connections, role, pool settings."""
         with _sql_call(bridge, "database_info", cluster) as access:
             info = fleet.database_info(access.cluster, purpose=access.purpose)
@@ -375,13 +391,13 @@ def _sql_call(
 
 
 def _add_fleet_read_tools(server: MCPServer, bridge: _Bridge) -> None:
-    @server.tool(annotations=READ)
-    def cluster_status(cluster: ClusterName = None) -> dict[str, Any]:
+    @_tool(server, READ)
+    def cluster_status(cluster: ClusterName = None) -> fleet.ClusterStatus:
         """Endpoints with role, state, health score, latency, lag, circuit and pool; totals."""
         with _tool_errors("cluster_status", bridge.warning()):
             return bridge.answer(fleet.cluster_status(bridge.cluster(cluster)))
 
-    @server.tool(annotations=READ)
+    @_tool(server, READ)
     def health_history(
         endpoint: EndpointName,
         cluster: ClusterName = None,
@@ -389,24 +405,23 @@ def _add_fleet_read_tools(server: MCPServer, bridge: _Bridge) -> None:
             int, Field(description="How far back, in minutes.", ge=1, le=10_080)
         ] = 60,
         limit: Annotated[int, Field(description="At most this many checks.", ge=1, le=1000)] = 100,
-    ) -> dict[str, Any]:
+    ) -> fleet.HealthHistory:
         """An endpoint's recent health checks, newest first, with a summary."""
         with _tool_errors("health_history", bridge.warning()):
-            return bridge.answer(
-                fleet.health_history(
-                    bridge.cluster(cluster), endpoint, since_minutes=since_minutes, limit=limit
-                )
+            history = fleet.health_history(
+                bridge.cluster(cluster), endpoint, since_minutes=since_minutes, limit=limit
             )
+            return bridge.answer(history)
 
 
 def _add_write_tools(server: MCPServer, bridge: _Bridge) -> None:
-    @server.tool(annotations=WRITE)
+    @_tool(server, WRITE)
     def execute(
         sql: Sql,
         params: Params = None,
         cluster: ClusterName = None,
         timeout_ms: TimeoutMs = queries.DEFAULT_TIMEOUT_MS,
-    ) -> dict[str, Any]:
+    ) -> queries.WriteResult:
         """Run one statement on the primary and commit it: rows_affected, RETURNING rows.
 
         It runs as the cluster's assistant write role. If the connection is lost after the
@@ -414,14 +429,12 @@ def _add_write_tools(server: MCPServer, bridge: _Bridge) -> None:
         retried.
         """
         with _sql_call(bridge, "execute", cluster, writes=True) as access:
-            return bridge.answer(
-                queries.write_statement(
-                    access.cluster, sql, params, timeout_ms=timeout_ms, purpose=access.purpose
-                ),
-                access,
+            result = queries.write_statement(
+                access.cluster, sql, params, timeout_ms=timeout_ms, purpose=access.purpose
             )
+            return bridge.answer(result, access)
 
-    @server.tool(annotations=WRITE)
+    @_tool(server, WRITE)
     def transaction(
         statements: Annotated[
             list[dict[str, Any]],
@@ -433,27 +446,25 @@ def _add_write_tools(server: MCPServer, bridge: _Bridge) -> None:
         ],
         cluster: ClusterName = None,
         timeout_ms: TimeoutMs = queries.DEFAULT_TIMEOUT_MS,
-    ) -> dict[str, Any]:
+    ) -> queries.TransactionResult:
         """Run statements atomically on the primary; on an error, nothing is committed."""
         with _sql_call(bridge, "transaction", cluster, writes=True) as access:
-            return bridge.answer(
-                queries.write_transaction(
-                    access.cluster, statements, timeout_ms=timeout_ms, purpose=access.purpose
-                ),
-                access,
+            result = queries.write_transaction(
+                access.cluster, statements, timeout_ms=timeout_ms, purpose=access.purpose
             )
+            return bridge.answer(result, access)
 
 
-def _add_admin_tools(server: MCPServer, bridge: _Bridge) -> None:
+def _add_operation_tools(server: MCPServer, bridge: _Bridge) -> None:
     warning = bridge.warning()
 
-    @server.tool(annotations=READ)
-    def check_health(cluster: ClusterName = None) -> dict[str, Any]:
+    @_tool(server, READ)
+    def check_health(cluster: ClusterName = None) -> fleet.HealthSweep:
         """Probe every endpoint of the cluster now and record the results."""
         with _tool_errors("check_health", warning):
             return bridge.answer(fleet.check_health(bridge.cluster(cluster)))
 
-    @server.tool(annotations=OPERATE)
+    @_tool(server, OPERATE)
     def failover(
         cluster: ClusterName = None,
         to: Annotated[
@@ -467,24 +478,27 @@ def _add_admin_tools(server: MCPServer, bridge: _Bridge) -> None:
                 "catches up before it is promoted, so nothing is lost."
             ),
         ] = False,
-    ) -> dict[str, Any]:
+    ) -> fleet.FailoverEventRecord:
         """Promote a replica to primary now (or switch over gracefully); fences the old one.
 
         Only a replica seen streaming from the current primary can be promoted.
         """
         with _tool_errors("failover", warning):
-            return bridge.answer(
-                fleet.failover(bridge.cluster(cluster), to=to, switchover=switchover)
-            )
+            event = fleet.failover(bridge.cluster(cluster), to=to, switchover=switchover)
+            return bridge.answer(event)
 
-    @server.tool(annotations=OPERATE)
+
+def _add_endpoint_tool(server: MCPServer, bridge: _Bridge) -> None:
+    warning = bridge.warning()
+
+    @_tool(server, OPERATE)
     def add_endpoint(
         name: EndpointName,
         host: Annotated[
             str, Field(description="One host name or IP address (no socket path).", min_length=1)
         ],
         port: Annotated[int, Field(description="TCP port.", ge=1, le=65535)] = 5432,
-        role: Annotated[str, Field(description="primary or replica.")] = "replica",
+        role: Annotated[Role, Field(description="primary or replica.")] = Role.REPLICA,
         weight: Annotated[
             int, Field(description="Load-balancing weight; 0 takes no reads.", ge=0)
         ] = 100,
@@ -501,42 +515,46 @@ def _add_admin_tools(server: MCPServer, bridge: _Bridge) -> None:
         ] = None,
         enabled: Annotated[bool, Field(description="Take traffic at once.")] = True,
         cluster: ClusterName = None,
-    ) -> dict[str, Any]:
+    ) -> fleet.EndpointRecord:
         """Register an endpoint in the cluster (validated as the admin does; logged)."""
         with _tool_errors("add_endpoint", warning):
-            return bridge.answer(
-                fleet.add_endpoint(
-                    bridge.cluster(cluster),
-                    name=name,
-                    host=host,
-                    port=port,
-                    role=role,
-                    weight=weight,
-                    dbname=dbname,
-                    user=user,
-                    password=password,
-                    enabled=enabled,
-                )
+            added = fleet.add_endpoint(
+                bridge.cluster(cluster),
+                name=name,
+                host=host,
+                port=port,
+                role=role,
+                weight=weight,
+                dbname=dbname,
+                user=user,
+                password=password,
+                enabled=enabled,
             )
+            return bridge.answer(added)
 
-    @server.tool(annotations=OPERATE)
-    def remove_endpoint(name: EndpointName, cluster: ClusterName = None) -> dict[str, Any]:
+
+def _add_endpoint_change_tools(server: MCPServer, bridge: _Bridge) -> None:
+    warning = bridge.warning()
+
+    @_tool(server, OPERATE)
+    def remove_endpoint(name: EndpointName, cluster: ClusterName = None) -> fleet.EndpointRemoved:
         """Remove an endpoint (not the primary): routers drain and close its pools."""
         with _tool_errors("remove_endpoint", warning):
             return bridge.answer(fleet.remove_endpoint(bridge.cluster(cluster), name))
 
-    @server.tool(annotations=OPERATE)
+    @_tool(server, OPERATE)
     def set_endpoint(
         name: EndpointName,
         weight: Annotated[int | None, Field(description="New load-balancing weight.", ge=0)] = None,
         enabled: Annotated[bool | None, Field(description="Take traffic or not.")] = None,
         cluster: ClusterName = None,
-    ) -> dict[str, Any]:
+    ) -> fleet.EndpointChanged:
         """Change an endpoint's weight or enable/disable it (validated; logged)."""
         with _tool_errors("set_endpoint", warning):
-            return bridge.answer(
-                fleet.set_endpoint(bridge.cluster(cluster), name, weight=weight, enabled=enabled)
+            changed = fleet.set_endpoint(
+                bridge.cluster(cluster), name, weight=weight, enabled=enabled
             )
+            return bridge.answer(changed)
 
 
 def _add_resources(server: MCPServer, bridge: _Bridge) -> None:
@@ -556,7 +574,7 @@ def _add_resources(server: MCPServer, bridge: _Bridge) -> None:
         description="Every user table and view with its columns and their types.",
     )
     def cluster_schema_resource(name: str) -> str:
-        def read() -> dict[str, Any]:
+        def read() -> catalog.SchemaOverview:
             access = bridge.access(name)
             with bridge.slots.slot():
                 overview = catalog.schema_overview(access.cluster, purpose=access.purpose)
@@ -565,9 +583,9 @@ def _add_resources(server: MCPServer, bridge: _Bridge) -> None:
         return _resource_json("schema", read)
 
 
-def _resource_json(kind: str, read: Any) -> str:
+def _resource_json(kind: str, read: Callable[[], Answer]) -> str:
     try:
         with _tool_errors(f"{kind} resource"):
-            return json.dumps(read(), indent=2)
+            return json.dumps(read().as_json(), indent=2)
     except ToolError as exc:
         raise ResourceError(str(exc)) from None

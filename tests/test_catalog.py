@@ -227,7 +227,7 @@ def cluster(local_cluster: Cluster, shop_schema: None) -> Cluster:
 
 def requests_made() -> int:
     """Requests the assistant's router (the catalog's, by default) made to cluster local."""
-    return int(routing.stats("local", purpose=ASSISTANT_READ)["totals"]["requests"])
+    return int(routing.stats("local", purpose=ASSISTANT_READ).totals.requests)
 
 
 # Schemas and tables
@@ -236,7 +236,7 @@ def requests_made() -> int:
 def test_list_schemas_counts_tables_and_leaves_out_system_schemas(
     cluster: Cluster, pg_cluster: LocalPostgresCluster
 ) -> None:
-    schemas = catalog.list_schemas("local")
+    schemas = catalog.list_schemas("local").as_json()["schemas"]
 
     by_name = {schema["name"]: schema for schema in schemas}
     assert by_name[SHOP] == {"name": SHOP, "owner": pg_cluster.user, "tables": 5}
@@ -254,14 +254,14 @@ def test_list_schemas_counts_tables_and_leaves_out_system_schemas(
 def test_list_tables_of_one_schema_by_name_with_kinds_estimates_and_comments(
     cluster: Cluster,
 ) -> None:
-    assert catalog.list_tables("local", SHOP) == SHOP_TABLES
-    assert catalog.list_tables("local", OTHER) == OTHER_TABLES
+    assert catalog.list_tables("local", SHOP).as_json()["tables"] == SHOP_TABLES
+    assert catalog.list_tables("local", OTHER).as_json()["tables"] == OTHER_TABLES
 
 
 def test_list_tables_without_a_schema_covers_every_user_schema_and_no_system_one(
     cluster: Cluster,
 ) -> None:
-    tables = catalog.list_tables("local")
+    tables = catalog.list_tables("local").as_json()["tables"]
 
     mine = [table for table in tables if table["schema"] in (SHOP, OTHER)]
     assert mine == OTHER_TABLES + SHOP_TABLES  # by schema, then name
@@ -271,7 +271,7 @@ def test_list_tables_without_a_schema_covers_every_user_schema_and_no_system_one
 
 def test_an_unknown_schema_is_not_found_and_the_known_ones_are_listed(cluster: Cluster) -> None:
     with pytest.raises(catalog.NotFound) as caught:
-        catalog.list_tables("local", "no_such_schema")
+        catalog.list_tables("local", "no_such_schema").as_json()["tables"]
 
     message = str(caught.value)
     assert "'no_such_schema'" in message
@@ -287,7 +287,7 @@ def test_an_empty_schema_lists_no_tables_rather_than_not_found(
         conn.execute("DROP SCHEMA IF EXISTS catalog_empty; CREATE SCHEMA catalog_empty")
     try:
         pg_cluster.wait_for_replay()
-        assert catalog.list_tables("local", "catalog_empty") == []
+        assert catalog.list_tables("local", "catalog_empty").as_json()["tables"] == []
     finally:
         with psycopg.connect(**pg_cluster.conninfo("primary"), autocommit=True) as conn:
             conn.execute("DROP SCHEMA catalog_empty")
@@ -299,7 +299,7 @@ def test_an_empty_schema_lists_no_tables_rather_than_not_found(
 def test_describe_table_gives_columns_keys_and_indexes_in_one_query(cluster: Cluster) -> None:
     before = requests_made()
 
-    described = catalog.describe_table("local", "catalog_customers")
+    described = catalog.describe_table("local", "catalog_customers").as_json()
 
     assert described == CUSTOMERS
     assert requests_made() == before + 1
@@ -308,12 +308,12 @@ def test_describe_table_gives_columns_keys_and_indexes_in_one_query(cluster: Clu
 def test_describe_table_gives_a_composite_primary_key_in_key_order_and_foreign_keys(
     cluster: Cluster,
 ) -> None:
-    assert catalog.describe_table("local", "catalog_orders", schema=SHOP) == ORDERS
+    assert catalog.describe_table("local", "catalog_orders", schema=SHOP).as_json() == ORDERS
 
 
 def test_describe_table_takes_schema_dot_table(cluster: Cluster) -> None:
-    assert catalog.describe_table("local", f"{SHOP}.catalog_orders") == ORDERS
-    other = catalog.describe_table("local", f"{OTHER}.catalog_orders")
+    assert catalog.describe_table("local", f"{SHOP}.catalog_orders").as_json() == ORDERS
+    other = catalog.describe_table("local", f"{OTHER}.catalog_orders").as_json()
     assert other["schema"] == OTHER
     assert [column["name"] for column in other["columns"]] == ["id"]
     assert other["primary_key"] == []
@@ -321,7 +321,7 @@ def test_describe_table_takes_schema_dot_table(cluster: Cluster) -> None:
 
 
 def test_describe_views_and_materialized_views(cluster: Cluster) -> None:
-    view = catalog.describe_table("local", "catalog_big_orders")
+    view = catalog.describe_table("local", "catalog_big_orders").as_json()
     assert view["kind"] == "view"
     assert view["comment"] == "Orders over 100"
     assert view["estimated_rows"] is None
@@ -332,7 +332,7 @@ def test_describe_views_and_materialized_views(cluster: Cluster) -> None:
     ]
     assert (view["primary_key"], view["foreign_keys"], view["indexes"]) == ([], [], [])
 
-    totals = catalog.describe_table("local", "catalog_order_totals", schema=SHOP)
+    totals = catalog.describe_table("local", "catalog_order_totals", schema=SHOP).as_json()
     assert totals["kind"] == "materialized view"
     assert [(c["name"], c["type"]) for c in totals["columns"]] == [
         ("customer_id", "bigint"),
@@ -342,7 +342,7 @@ def test_describe_views_and_materialized_views(cluster: Cluster) -> None:
 
 def test_a_table_name_in_several_schemas_is_ambiguous_and_names_them(cluster: Cluster) -> None:
     with pytest.raises(catalog.Ambiguous) as caught:
-        catalog.describe_table("local", "catalog_orders")
+        catalog.describe_table("local", "catalog_orders").as_json()
 
     message = str(caught.value)
     assert "ambiguous" in message
@@ -352,33 +352,33 @@ def test_a_table_name_in_several_schemas_is_ambiguous_and_names_them(cluster: Cl
 
 def test_unknown_tables_and_schemas_are_not_found(cluster: Cluster) -> None:
     with pytest.raises(catalog.NotFound, match="'no_such_table' in any non-system schema"):
-        catalog.describe_table("local", "no_such_table")
+        catalog.describe_table("local", "no_such_table").as_json()
     with pytest.raises(
         catalog.NotFound, match=f"no table or view 'catalog_customers' in schema '{OTHER}'"
     ):
-        catalog.describe_table("local", "catalog_customers", schema=OTHER)
+        catalog.describe_table("local", "catalog_customers", schema=OTHER).as_json()
     with pytest.raises(catalog.NotFound, match="no schema 'nowhere'") as caught:
-        catalog.describe_table("local", "nowhere.catalog_orders")
+        catalog.describe_table("local", "nowhere.catalog_orders").as_json()
     assert SHOP in str(caught.value)
     # System catalogs are not searched without a schema, but can be named.
     with pytest.raises(catalog.NotFound):
-        catalog.describe_table("local", "pg_class")
-    pg_class = catalog.describe_table("local", "pg_catalog.pg_class")
+        catalog.describe_table("local", "pg_class").as_json()
+    pg_class = catalog.describe_table("local", "pg_catalog.pg_class").as_json()
     assert pg_class["columns"][0]["name"] == "oid"
 
 
 def test_names_are_checked_before_any_query(cluster: Cluster) -> None:
     with pytest.raises(ValueError, match="table is empty"):
-        catalog.describe_table("local", " ")
+        catalog.describe_table("local", " ").as_json()
     with pytest.raises(ValueError, match="schema is empty"):
-        catalog.describe_table("local", ".catalog_orders")
+        catalog.describe_table("local", ".catalog_orders").as_json()
     with pytest.raises(TypeError, match="schema must be a string"):
-        catalog.list_tables("local", 42)  # type: ignore[arg-type]
+        catalog.list_tables("local", 42).as_json()["tables"]  # type: ignore[arg-type]
 
 
 def test_an_unknown_cluster_is_the_routers_cluster_not_found(cluster: Cluster) -> None:
     with pytest.raises(routing.ClusterNotFound, match="local"):
-        catalog.list_schemas("nope")
+        catalog.list_schemas("nope").as_json()["schemas"]
 
 
 def test_catalog_reads_run_on_replicas_when_the_read_preference_says_so(
@@ -387,11 +387,11 @@ def test_catalog_reads_run_on_replicas_when_the_read_preference_says_so(
     Cluster.objects.filter(pk=cluster.pk).update(read_preference="secondary")
     topology.notify_changed()
 
-    assert catalog.describe_table("local", f"{SHOP}.catalog_orders") == ORDERS
+    assert catalog.describe_table("local", f"{SHOP}.catalog_orders").as_json() == ORDERS
 
-    stats = routing.stats("local", purpose=ASSISTANT_READ)["endpoints"]
-    assert stats["primary"]["requests"] == 0
-    assert stats["replica1"]["requests"] + stats["replica2"]["requests"] == 1
+    stats = routing.stats("local", purpose=ASSISTANT_READ).endpoints
+    assert stats["primary"].requests == 0
+    assert stats["replica1"].requests + stats["replica2"].requests == 1
 
 
 # Everything at once
@@ -402,7 +402,7 @@ def test_schema_overview_lists_every_table_with_column_names_and_types_in_one_qu
 ) -> None:
     before = requests_made()
 
-    overview = catalog.schema_overview("local")
+    overview = catalog.schema_overview("local").as_json()
 
     assert requests_made() == before + 1
     assert overview["cluster"] == "local"

@@ -20,8 +20,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from endpoints import control, health, routing
 from endpoints import failover as failover_service
-from endpoints import health, routing
+from endpoints.core.vocabulary import Role
 from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, HealthCheck, State
 from endpoints.services import fleet
@@ -72,13 +73,34 @@ def test_get_endpoint_or_unknown_endpoint_listing_the_clusters_endpoints(
 # Status
 
 
+def test_results_are_typed_and_their_json_is_what_the_mcp_tools_send(
+    local_cluster: Cluster, pg_cluster: LocalPostgresCluster
+) -> None:
+    control.sweep(local_cluster)
+
+    status = fleet.cluster_status("local")
+
+    assert isinstance(status, fleet.ClusterStatus)
+    assert [(e.name, e.role) for e in status.endpoints] == [
+        ("primary", Role.PRIMARY),
+        ("replica1", Role.REPLICA),
+        ("replica2", Role.REPLICA),
+    ]
+    assert status.totals.endpoints == 3
+    assert status.as_json()["endpoints"][0]["role"] == "primary"
+    assert "warning" not in status.as_json()
+    history = fleet.health_history("local", "replica1")
+    assert history.summary.checks == len(history.checks) >= 1
+    assert history.as_json()["summary"]["checks"] == history.summary.checks
+
+
 def test_cluster_status_after_a_sweep_merges_the_registry_and_the_routers_stats(
     local_cluster: Cluster, pg_cluster: LocalPostgresCluster
 ) -> None:
     pg_cluster.wait_for_replay()
-    health.sweep(local_cluster)
+    control.sweep(local_cluster)
 
-    status = fleet.cluster_status("local")
+    status = fleet.cluster_status("local").as_json()
 
     no_secrets(status, pg_cluster)
     assert status["cluster"] == "local"
@@ -148,7 +170,7 @@ def test_cluster_status_shows_active_alerts_and_the_latest_failover(
             steps=[{"at": now.isoformat(), "step": "plan", "ok": True, "detail": "x"}],
         )
 
-    status = fleet.cluster_status("local")
+    status = fleet.cluster_status("local").as_json()
 
     assert status["active_alerts"] == [
         {
@@ -172,11 +194,11 @@ def test_cluster_status_shows_active_alerts_and_the_latest_failover(
 def test_an_endpoint_the_router_has_not_seen_yet_is_listed_unavailable(
     local_cluster: Cluster,
 ) -> None:
-    fleet.cluster_status("local")  # the router takes its snapshot
+    fleet.cluster_status("local").as_json()  # the router takes its snapshot
     Endpoint.objects.filter(cluster=local_cluster, name="replica2").update(name="late")
     # .update() sends no signal: the router's snapshot still says replica2.
 
-    endpoints = {e["name"]: e for e in fleet.cluster_status("local")["endpoints"]}
+    endpoints = {e["name"]: e for e in fleet.cluster_status("local").as_json()["endpoints"]}
 
     assert endpoints["late"]["available"] is False
     assert endpoints["late"]["requests"] == 0
@@ -189,9 +211,11 @@ def test_an_endpoint_the_router_has_not_seen_yet_is_listed_unavailable(
 def test_database_info_probes_every_endpoint_and_shows_no_password(
     local_cluster: Cluster, pg_cluster: LocalPostgresCluster, closed_port: int
 ) -> None:
-    fleet.add_endpoint("local", name="gone", host="127.0.0.1", port=closed_port, password="pw")
+    fleet.add_endpoint(
+        "local", name="gone", host="127.0.0.1", port=closed_port, password="pw"
+    ).as_json()
 
-    info = fleet.database_info("local")
+    info = fleet.database_info("local").as_json()
 
     no_secrets(info, pg_cluster)
     endpoints = {e["name"]: e for e in info["endpoints"]}
@@ -229,14 +253,14 @@ def test_database_info_probes_every_endpoint_and_shows_no_password(
 def test_health_history_after_two_sweeps_is_newest_first_with_a_summary(
     local_cluster: Cluster,
 ) -> None:
-    health.sweep(local_cluster)
-    health.sweep(local_cluster)
+    control.sweep(local_cluster)
+    control.sweep(local_cluster)
     old = Endpoint.objects.get(cluster=local_cluster, name="replica1")
     HealthCheck.objects.create(  # outside the window
         endpoint=old, checked_at=timezone.now() - timedelta(hours=2), ok=False, error="old"
     )
 
-    history = fleet.health_history("local", "replica1")
+    history = fleet.health_history("local", "replica1").as_json()
 
     json.dumps(history)
     assert (history["cluster"], history["endpoint"]) == ("local", "replica1")
@@ -255,12 +279,12 @@ def test_health_history_after_two_sweeps_is_newest_first_with_a_summary(
     assert (summary["checks"], summary["failures"], summary["availability_pct"]) == (2, 0, 100.0)
     assert summary["avg_latency_ms"] > 0
 
-    last = fleet.health_history("local", "replica1", limit=1)
+    last = fleet.health_history("local", "replica1", limit=1).as_json()
     assert last["checks"] == checks[:1]
     assert last["truncated"] is True
     assert last["summary"]["checks"] == 2  # the window, not the page
 
-    week = fleet.health_history("local", "replica1", since_minutes=7 * 24 * 60)
+    week = fleet.health_history("local", "replica1", since_minutes=7 * 24 * 60).as_json()
     assert len(week["checks"]) == 3
     assert week["checks"][-1]["error"] == "old"
     assert (week["summary"]["checks"], week["summary"]["failures"]) == (3, 1)
@@ -283,18 +307,18 @@ def test_health_history_validates_its_bounds(
     local_cluster: Cluster, arguments: dict[str, Any], named: str
 ) -> None:
     with pytest.raises(ValueError, match=f"^{named} must be an integer from"):
-        fleet.health_history("local", "replica1", **arguments)
+        fleet.health_history("local", "replica1", **arguments).as_json()
 
 
 def test_health_history_of_an_unknown_endpoint(local_cluster: Cluster) -> None:
     with pytest.raises(fleet.UnknownEndpoint, match="'nope'"):
-        fleet.health_history("local", "nope")
+        fleet.health_history("local", "nope").as_json()
 
 
 def test_check_health_sweeps_now_and_reports_every_endpoint(
     local_cluster: Cluster, pg_cluster: LocalPostgresCluster
 ) -> None:
-    result = fleet.check_health("local")
+    result = fleet.check_health("local").as_json()
 
     no_secrets(result, pg_cluster)
     assert result["swept"] is True
@@ -313,10 +337,10 @@ def test_check_health_sweeps_now_and_reports_every_endpoint(
 
 def test_check_health_skips_while_another_sweep_holds_the_lock(local_cluster: Cluster) -> None:
     client = redis.Redis.from_url(settings.REDIS_URL)
-    lock = health.sweep_lock(client, local_cluster)
-    assert lock.acquire(blocking=False)
+    lock = health.sweep_lock(local_cluster, client=client)
+    assert lock.acquire()
     try:
-        result = fleet.check_health("local")
+        result = fleet.check_health("local").as_json()
     finally:
         lock.release()
 
@@ -329,10 +353,12 @@ def test_check_health_skips_while_another_sweep_holds_the_lock(local_cluster: Cl
 def test_check_health_leaves_disabled_endpoints_out_and_reports_failures(
     local_cluster: Cluster, closed_port: int
 ) -> None:
-    fleet.add_endpoint("local", name="gone", host="127.0.0.1", port=closed_port, password="pw")
-    fleet.set_endpoint("local", "replica2", enabled=False)
+    fleet.add_endpoint(
+        "local", name="gone", host="127.0.0.1", port=closed_port, password="pw"
+    ).as_json()
+    fleet.set_endpoint("local", "replica2", enabled=False).as_json()
 
-    endpoints = {e["name"]: e for e in fleet.check_health("local")["endpoints"]}
+    endpoints = {e["name"]: e for e in fleet.check_health("local").as_json()["endpoints"]}
 
     assert set(endpoints) == {"primary", "gone", "replica1"}
     assert endpoints["gone"]["ok"] is False
@@ -345,7 +371,7 @@ def test_check_health_leaves_disabled_endpoints_out_and_reports_failures(
 
 
 def test_plan_failover_names_a_replica_and_changes_nothing(local_cluster: Cluster) -> None:
-    plan = fleet.plan_failover("local")
+    plan = fleet.plan_failover("local").as_json()
 
     json.dumps(plan)
     assert plan["primary"] == "primary"
@@ -362,13 +388,13 @@ def test_failover_to_an_unknown_endpoint_or_the_primary_is_refused(
     local_cluster: Cluster,
 ) -> None:
     with pytest.raises(failover_service.UnknownEndpoint, match="no endpoint 'nonexistent'"):
-        fleet.failover("local", to="nonexistent")
+        fleet.failover("local", to="nonexistent").as_json()
     with pytest.raises(failover_service.UnknownEndpoint, match="already the primary"):
-        fleet.failover("local", to="primary", switchover=True)
+        fleet.failover("local", to="primary", switchover=True).as_json()
     with pytest.raises(routing.ClusterNotFound):
-        fleet.failover("nope")
+        fleet.failover("nope").as_json()
     with pytest.raises(ValueError, match="actor"):
-        fleet.failover("local", actor="")
+        fleet.failover("local", actor="").as_json()
     assert not FailoverEvent.objects.exists()
 
 
@@ -379,7 +405,7 @@ def test_a_switchover_to_a_fenced_replica_is_refused_before_anything_happens(
     Endpoint.objects.filter(cluster=local_cluster, name="replica2").update(state=State.FENCED)
 
     with pytest.raises(failover_service.FailoverError, match="nothing changed") as caught:
-        fleet.failover("local", to="replica2", switchover=True)
+        fleet.failover("local", to="replica2", switchover=True).as_json()
 
     assert "replica2" in str(caught.value)
     assert not FailoverEvent.objects.exists()
@@ -439,7 +465,7 @@ def test_add_endpoint_refuses_what_the_admin_refuses_naming_the_field(
     arguments = {"host": "127.0.0.1", "port": 5432, "password": "new-address", **arguments}
 
     with pytest.raises(fleet.InvalidInput) as caught:
-        fleet.add_endpoint("local", **arguments)
+        fleet.add_endpoint("local", **arguments).as_json()
 
     assert list(caught.value.errors) == [field]
     assert str(caught.value).startswith(f"invalid endpoint: {field}: ")
@@ -449,7 +475,9 @@ def test_add_endpoint_refuses_what_the_admin_refuses_naming_the_field(
 
 def test_add_endpoint_reports_every_invalid_field_at_once(local_cluster: Cluster) -> None:
     with pytest.raises(fleet.InvalidInput) as caught:
-        fleet.add_endpoint("local", name="replica1", host="h", port=0, weight=-5, password="p")
+        fleet.add_endpoint(
+            "local", name="replica1", host="h", port=0, weight=-5, password="p"
+        ).as_json()
     assert sorted(caught.value.errors) == ["name", "port", "weight"]
     assert caught.value.errors["name"] == ["This cluster already has an endpoint with this name."]
     assert caught.value.errors["port"] == ["Port must be between 1 and 65535."]
@@ -460,7 +488,9 @@ def test_add_endpoint_at_a_registered_address_inherits_its_credentials_and_is_lo
 ) -> None:
     port = pg_cluster.node("replica1").port  # replica1's address: its password may go there
 
-    added = fleet.add_endpoint("local", name="replica3", host="127.0.0.1", port=port, weight=5)
+    added = fleet.add_endpoint(
+        "local", name="replica3", host="127.0.0.1", port=port, weight=5
+    ).as_json()
 
     no_secrets(added, pg_cluster)
     assert {k: added[k] for k in ("cluster", "name", "role", "port", "weight", "enabled")} == {
@@ -475,7 +505,7 @@ def test_add_endpoint_at_a_registered_address_inherits_its_credentials_and_is_lo
     assert (added["sslmode"], added["has_password"]) == ("disable", True)
     stored = Endpoint.objects.get(cluster=local_cluster, name="replica3")
     assert stored.get_password().reveal() == pg_cluster.password
-    probed = {e["name"]: e for e in fleet.database_info("local")["endpoints"]}["replica3"]
+    probed = {e["name"]: e for e in fleet.database_info("local").as_json()["endpoints"]}["replica3"]
     assert probed["reachable"] is True, probed["error"]
     assert probed["in_recovery"] is True
 
@@ -499,7 +529,7 @@ def test_add_endpoint_at_a_new_address_never_gets_a_stored_password(
     local_cluster: Cluster, closed_port: int
 ) -> None:
     with pytest.raises(fleet.InvalidInput) as caught:
-        fleet.add_endpoint("local", name="elsewhere", host="127.0.0.1", port=closed_port)
+        fleet.add_endpoint("local", name="elsewhere", host="127.0.0.1", port=closed_port).as_json()
     assert list(caught.value.errors) == ["password"]
     assert f"127.0.0.1:{closed_port} is a new address" in str(caught.value)
     assert not Endpoint.objects.filter(cluster=local_cluster, name="elsewhere").exists()
@@ -511,11 +541,11 @@ def test_add_endpoint_at_a_new_address_never_gets_a_stored_password(
             name="alias",
             host="localhost",
             port=local_cluster.endpoints.get(name="primary").port,
-        )
+        ).as_json()
 
     added = fleet.add_endpoint(
         "local", name="elsewhere", host="127.0.0.1", port=closed_port, password="its-own"
-    )
+    ).as_json()
     assert added["has_password"] is True
     stored = Endpoint.objects.get(cluster=local_cluster, name="elsewhere")
     assert stored.get_password().reveal() == "its-own"
@@ -528,7 +558,7 @@ def test_add_endpoint_refuses_a_host_that_is_not_one_name_or_address(
     local_cluster: Cluster, host: str
 ) -> None:
     with pytest.raises(fleet.InvalidInput) as caught:
-        fleet.add_endpoint("local", name="odd", host=host, port=5432, password="pw")
+        fleet.add_endpoint("local", name="odd", host=host, port=5432, password="pw").as_json()
     assert list(caught.value.errors) == ["host"]
 
 
@@ -546,7 +576,7 @@ def test_add_endpoint_with_its_own_credentials_and_a_second_change_reuses_the_us
         sslmode="prefer",
         enabled=False,
         promotion_priority=3,
-    )
+    ).as_json()
     assert (added["database"], added["user"], added["sslmode"]) == ("postgres", "someone", "prefer")
     assert (added["enabled"], added["promotion_priority"]) == (False, 3)
     assert "not-the-real-one" not in json.dumps(added)
@@ -557,7 +587,7 @@ def test_add_endpoint_with_its_own_credentials_and_a_second_change_reuses_the_us
         f"Added via MCP: replica at 127.0.0.1:{pg_cluster.node('replica2').port}."
     )
 
-    fleet.set_endpoint("local", "other", weight=1)
+    fleet.set_endpoint("local", "other", weight=1).as_json()
     assert get_user_model().objects.filter(username=fleet.SYSTEM_USERNAME).count() == 1
 
 
@@ -567,14 +597,14 @@ def test_add_endpoint_with_its_own_credentials_and_a_second_change_reuses_the_us
 def test_set_endpoint_changes_weight_and_enabled_and_logs_old_and_new(
     local_cluster: Cluster, pg_cluster: LocalPostgresCluster
 ) -> None:
-    changed = fleet.set_endpoint("local", "replica2", weight=50)
+    changed = fleet.set_endpoint("local", "replica2", weight=50).as_json()
 
     no_secrets(changed, pg_cluster)
     assert changed["weight"] == 50
     assert changed["changes"] == {"weight": {"from": 100, "to": 50}}
     assert Endpoint.objects.get(cluster=local_cluster, name="replica2").weight == 50
 
-    both = fleet.set_endpoint("local", "replica2", weight=0, enabled=False)
+    both = fleet.set_endpoint("local", "replica2", weight=0, enabled=False).as_json()
     assert both["changes"] == {
         "weight": {"from": 50, "to": 0},
         "enabled": {"from": True, "to": False},
@@ -582,7 +612,7 @@ def test_set_endpoint_changes_weight_and_enabled_and_logs_old_and_new(
     stored = Endpoint.objects.get(cluster=local_cluster, name="replica2")
     assert (stored.weight, stored.enabled) == (0, False)
 
-    same = fleet.set_endpoint("local", "replica2", enabled=False)
+    same = fleet.set_endpoint("local", "replica2", enabled=False).as_json()
     assert same["changes"] == {}
 
     entries = log_entries("replica2")
@@ -595,25 +625,25 @@ def test_set_endpoint_changes_weight_and_enabled_and_logs_old_and_new(
 
 
 def test_set_endpoint_disabling_reaches_the_router(local_cluster: Cluster) -> None:
-    fleet.cluster_status("local")  # the router takes its snapshot
-    fleet.set_endpoint("local", "replica1", enabled=False)
+    fleet.cluster_status("local").as_json()  # the router takes its snapshot
+    fleet.set_endpoint("local", "replica1", enabled=False).as_json()
 
-    endpoints = {e["name"]: e for e in fleet.cluster_status("local")["endpoints"]}
+    endpoints = {e["name"]: e for e in fleet.cluster_status("local").as_json()["endpoints"]}
     assert endpoints["replica1"]["enabled"] is False
     assert endpoints["replica1"]["available"] is False
 
 
 def test_set_endpoint_validates(local_cluster: Cluster) -> None:
     with pytest.raises(ValueError, match="weight or enabled"):
-        fleet.set_endpoint("local", "replica1")
+        fleet.set_endpoint("local", "replica1").as_json()
     with pytest.raises(fleet.InvalidInput) as caught:
-        fleet.set_endpoint("local", "replica1", weight=-1)
+        fleet.set_endpoint("local", "replica1", weight=-1).as_json()
     assert list(caught.value.errors) == ["weight"]
     assert str(caught.value).startswith("invalid endpoint: weight: ")
     with pytest.raises(fleet.InvalidInput, match="enabled"):
-        fleet.set_endpoint("local", "replica1", enabled="maybe")  # type: ignore[arg-type]
+        fleet.set_endpoint("local", "replica1", enabled="maybe").as_json()  # type: ignore[arg-type]
     with pytest.raises(fleet.UnknownEndpoint, match="replica9"):
-        fleet.set_endpoint("local", "replica9", weight=1)
+        fleet.set_endpoint("local", "replica9", weight=1).as_json()
     assert Endpoint.objects.get(cluster=local_cluster, name="replica1").weight == 100
     assert not LogEntry.objects.exists()
 
@@ -621,7 +651,10 @@ def test_set_endpoint_validates(local_cluster: Cluster) -> None:
 def test_remove_endpoint_removes_and_logs_but_never_the_primary(local_cluster: Cluster) -> None:
     replica = Endpoint.objects.get(cluster=local_cluster, name="replica2")
 
-    assert fleet.remove_endpoint("local", "replica2") == {"cluster": "local", "removed": "replica2"}
+    assert fleet.remove_endpoint("local", "replica2").as_json() == {
+        "cluster": "local",
+        "removed": "replica2",
+    }
 
     assert not Endpoint.objects.filter(pk=replica.pk).exists()
     [entry] = log_entries("replica2")
@@ -633,8 +666,8 @@ def test_remove_endpoint_removes_and_logs_but_never_the_primary(local_cluster: C
     assert entry.user_id == mcp_user_id()
 
     with pytest.raises(ValueError, match="'primary' is the primary of cluster 'local'"):
-        fleet.remove_endpoint("local", "primary")
+        fleet.remove_endpoint("local", "primary").as_json()
     assert Endpoint.objects.filter(cluster=local_cluster, name="primary").exists()
     with pytest.raises(fleet.UnknownEndpoint, match="replica2"):
-        fleet.remove_endpoint("local", "replica2")
+        fleet.remove_endpoint("local", "replica2").as_json()
     assert len(LogEntry.objects.all()) == 1

@@ -238,7 +238,7 @@ def typed_table(
 
 
 def read_types(sql: str) -> dict[str, Any]:
-    result = queries.read_query("local", sql)
+    result = queries.read_query("local", sql).as_json()  # what callers see
     json.dumps(result, allow_nan=False)  # everything is plain JSON
     return result
 
@@ -267,8 +267,8 @@ def test_every_common_type_reads_back_as_exact_json(typed_table: None) -> None:
     replica = queries.read_query(
         "local", "SELECT * FROM jsonsafe_types WHERE id = 1", read_preference="secondary"
     )
-    assert replica["role"] == "replica"
-    assert replica["rows"][0] == {**EXPECTED, "moment_tz": replica["rows"][0]["moment_tz"]}
+    assert replica.role == "replica"
+    assert replica.rows[0] == {**EXPECTED, "moment_tz": replica.rows[0]["moment_tz"]}
 
 
 @pytest.mark.django_db(transaction=True)

@@ -20,11 +20,12 @@ import anyio
 import psycopg
 import pytest
 
+from endpoints.control import sweep
 from endpoints.devstack.localcluster import LocalPostgresCluster
-from endpoints.health import sweep
 from endpoints.models import Cluster, Endpoint
-from tests.conftest import ROOT, run_manage
-from tests.mcp_client import Body, Mcp, command, run_body
+from tests.helpers import ROOT
+from tests.helpers.mcp_client import Body, Mcp, command, run_body
+from tests.helpers.processes import run_manage
 from tests.test_jsonsafe import EXPECTED, typed_table  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -140,6 +141,30 @@ def test_tools_list_follows_the_flags(cluster: Cluster) -> None:
     assert seen["--allow-writes"] == READ_TOOLS | WRITE_TOOLS
     assert seen["--allow-admin"] == READ_TOOLS | ADMIN_TOOLS
     assert seen["--allow-writes --allow-admin"] == READ_TOOLS | WRITE_TOOLS | ADMIN_TOOLS
+
+
+def test_every_tool_publishes_an_output_schema_under_every_flag_combination(
+    cluster: Cluster,
+) -> None:
+    schemas: dict[str, dict[str, Any]] = {}
+
+    for flags in ((), ("--allow-writes",), ("--allow-admin",), ("--allow-writes", "--allow-admin")):
+
+        async def body(mcp: Mcp, flags: tuple[str, ...] = flags) -> None:
+            for tool in (await mcp.session.list_tools()).tools:
+                schema = tool.output_schema
+                assert schema, f"{tool.name} has no outputSchema (with {flags or 'no flags'})"
+                assert schema.get("type") == "object", (tool.name, schema)
+                # A typed result, not an open dict: its fields are named.
+                assert schema.get("properties"), (tool.name, schema)
+                schemas[tool.name] = schema
+
+        run(*flags)(body)
+
+    assert set(schemas) == READ_TOOLS | WRITE_TOOLS | ADMIN_TOOLS
+    assert {"columns", "rows", "row_count", "truncated"} <= set(schemas["query"]["properties"])
+    assert {"from", "to", "outcome"} <= set(schemas["failover"]["properties"])
+    assert "warning" not in schemas["cluster_status"].get("required", [])
 
 
 def test_the_settings_enable_the_same_tools_as_the_flags(cluster: Cluster) -> None:

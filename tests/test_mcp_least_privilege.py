@@ -26,11 +26,10 @@ import pytest
 
 from endpoints.core.crypto import MASK, Secret
 from endpoints.devstack.localcluster import LocalPostgresCluster
-from endpoints.devstack.localstack import register_local_cluster
 from endpoints.models import Cluster, Endpoint
-from endpoints.services.registration import RoleSpec, register_cluster
-from tests.conftest import run_manage
-from tests.mcp_client import Body, Mcp, run_body
+from endpoints.services.registration import RoleSpec, register_cluster, register_local_cluster
+from tests.helpers.mcp_client import Body, Mcp, run_body
+from tests.helpers.processes import run_manage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 from endpoints import routing
 from endpoints.core.conninfo import StoredRole
+from endpoints.core.errortext import first_line
 from endpoints.core.purposes import (
     ASSISTANT_ROLE,
     ASSISTANT_WRITE_ROLE,
@@ -132,7 +133,7 @@ class AccessPolicy:
         try:
             verdict = self._check(cluster, writes, role)
         except routing.RoutingError as exc:
-            first = str(exc).strip().splitlines()[0]
+            first = first_line(exc)
             return StartupCheck(
                 cluster,
                 writes,

@@ -3,16 +3,21 @@
 Every query reads ``pg_catalog`` through :func:`endpoints.routing.execute` in a
 READ ONLY transaction that is always rolled back, so it may run on a replica, as the
 role of ``purpose`` (the cluster's assistant role unless the caller names another).
-Names are passed as query parameters, never formatted into SQL. Results are
-plain JSON-safe data.
+Names are passed as query parameters, never formatted into SQL. Results are typed
+(:class:`SchemaList`, :class:`TableList`, :class:`TableDescription`,
+:class:`SchemaOverview`), their values JSON-safe.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from endpoints import routing
 from endpoints.core.purposes import ASSISTANT_READ, Purpose
+from endpoints.core.vocabulary import Intent
+from endpoints.services.results import Answer, Result, json_name
 
 # relkind -> what callers see. Indexes, sequences, composite and TOAST types are left out.
 KINDS = {
@@ -47,6 +52,97 @@ class Ambiguous(CatalogError):
     """A table name without a schema matches tables in several schemas."""
 
 
+class SchemaInfo(Result):
+    """A non-system schema: its owner and how many tables and views it holds."""
+
+    name: str
+    owner: str
+    tables: int
+
+
+class SchemaList(Answer):
+    schemas: list[SchemaInfo]
+
+
+class TableSummary(Result):
+    """A table, view or materialized view."""
+
+    schema_: str = json_name("schema")
+    name: str
+    kind: str = Field(description="table, view, materialized view, partitioned or foreign table")
+    estimated_rows: int | None = Field(description="The planner's estimate; none for a view.")
+    comment: str | None
+
+
+class TableList(Answer):
+    tables: list[TableSummary]
+
+
+class TableColumn(Result):
+    name: str
+    type: str
+    nullable: bool
+    default: str | None
+    comment: str | None
+
+
+class Reference(Result):
+    """The columns a foreign key references."""
+
+    schema_: str = json_name("schema")
+    table: str
+    columns: list[str]
+
+
+class ForeignKey(Result):
+    name: str
+    columns: list[str]
+    references: Reference
+    on_delete: str
+    on_update: str
+
+
+class Index(Result):
+    name: str
+    definition: str
+    unique: bool
+    primary: bool
+
+
+class TableDescription(Answer):
+    """A table's columns (in order), primary key, foreign keys and indexes."""
+
+    schema_: str = json_name("schema")
+    name: str
+    kind: str
+    estimated_rows: int | None
+    comment: str | None
+    columns: list[TableColumn]
+    primary_key: list[str]
+    foreign_keys: list[ForeignKey]
+    indexes: list[Index]
+
+
+class ColumnType(Result):
+    name: str
+    type: str
+
+
+class OverviewTable(Result):
+    schema_: str = json_name("schema")
+    name: str
+    kind: str
+    columns: list[ColumnType]
+
+
+class SchemaOverview(Answer):
+    """Every user table and view with its columns' names and types."""
+
+    cluster: str
+    tables: list[OverviewTable]
+    truncated: bool = Field(description=f"More than {MAX_OVERVIEW_TABLES} tables: some left out.")
+
+
 def _read(
     cluster: str,
     query: str,
@@ -56,7 +152,7 @@ def _read(
     **kwargs: Any,
 ) -> routing.QueryResult:
     return routing.execute(
-        cluster, query, params or {}, intent="read", read_only=True, purpose=purpose, **kwargs
+        cluster, query, params or {}, intent=Intent.READ, read_only=True, purpose=purpose, **kwargs
     )
 
 
@@ -93,13 +189,15 @@ ORDER BY n.nspname
 """
 
 
-def list_schemas(cluster: str, *, purpose: Purpose = ASSISTANT_READ) -> list[dict[str, Any]]:
-    """``[{"name", "owner", "tables"}]`` for every non-system schema, by name."""
-    return [dict(row) for row in _read(cluster, _SCHEMAS_SQL, purpose=purpose).rows]
+def list_schemas(cluster: str, *, purpose: Purpose = ASSISTANT_READ) -> SchemaList:
+    """Every non-system schema, by name, with its owner and table count."""
+    rows = _read(cluster, _SCHEMAS_SQL, purpose=purpose).rows
+    return SchemaList(schemas=[SchemaInfo.model_validate(row) for row in rows])
 
 
 def _unknown_schema(cluster: str, schema: str, purpose: Purpose) -> NotFound:
-    known = ", ".join(s["name"] for s in list_schemas(cluster, purpose=purpose)) or "none"
+    schemas = list_schemas(cluster, purpose=purpose).schemas
+    known = ", ".join(s.name for s in schemas) or "none"
     return NotFound(f"cluster {cluster!r} has no schema {schema!r} (schemas: {known})")
 
 
@@ -125,6 +223,7 @@ _SCHEMA_EXISTS_SQL = "SELECT 1 AS found FROM pg_namespace WHERE nspname = %(sche
 
 
 def _table_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """The fields a table's summary and description share, from a catalog row."""
     return {
         "schema": row["schema"],
         "name": row["name"],
@@ -136,11 +235,11 @@ def _table_summary(row: dict[str, Any]) -> dict[str, Any]:
 
 def list_tables(
     cluster: str, schema: str | None = None, *, purpose: Purpose = ASSISTANT_READ
-) -> list[dict[str, Any]]:
+) -> TableList:
     """Tables, views, materialized views, partitioned and foreign tables, by schema and name.
 
-    ``[{"schema", "name", "kind", "estimated_rows", "comment"}]``; ``estimated_rows`` is
-    the planner's estimate (``reltuples``), ``None`` for views and tables never analyzed.
+    ``estimated_rows`` is the planner's estimate (``reltuples``), ``None`` for views and
+    tables never analyzed.
     ``schema=None`` lists every non-system schema (a system schema can be named); an
     unknown schema raises :class:`NotFound`.
     """
@@ -154,7 +253,7 @@ def list_tables(
         and not _read(cluster, _SCHEMA_EXISTS_SQL, {"schema": schema}, purpose=purpose).rows
     ):
         raise _unknown_schema(cluster, schema, purpose)
-    return [_table_summary(row) for row in rows]
+    return TableList(tables=[TableSummary.model_validate(_table_summary(row)) for row in rows])
 
 
 # One table, described in one round trip: correlated subqueries turn columns, keys and
@@ -238,7 +337,7 @@ def _split(table: str, schema: str | None) -> tuple[str, str | None]:
     return table, schema
 
 
-def _description(row: dict[str, Any]) -> dict[str, Any]:
+def _description(row: dict[str, Any]) -> TableDescription:
     foreign_keys = [
         {
             **fk,
@@ -247,18 +346,20 @@ def _description(row: dict[str, Any]) -> dict[str, Any]:
         }
         for fk in row["foreign_keys"]
     ]
-    return {
-        **_table_summary(row),
-        "columns": row["columns"],
-        "primary_key": row["primary_key"] or [],
-        "foreign_keys": foreign_keys,
-        "indexes": row["indexes"],
-    }
+    return TableDescription.model_validate(
+        {
+            **_table_summary(row),
+            "columns": row["columns"],
+            "primary_key": row["primary_key"] or [],
+            "foreign_keys": foreign_keys,
+            "indexes": row["indexes"],
+        }
+    )
 
 
 def describe_table(
     cluster: str, table: str, schema: str | None = None, *, purpose: Purpose = ASSISTANT_READ
-) -> dict[str, Any]:
+) -> TableDescription:
     """A table's columns (in order), primary key, foreign keys and indexes.
 
     ``table`` may be ``"schema.table"``. Without a schema, every non-system schema is
@@ -307,20 +408,13 @@ ORDER BY n.nspname, c.relname
 """
 
 
-def schema_overview(cluster: str, *, purpose: Purpose = ASSISTANT_READ) -> dict[str, Any]:
+def schema_overview(cluster: str, *, purpose: Purpose = ASSISTANT_READ) -> SchemaOverview:
     """Every table of the non-system schemas with its columns' names and types, one query.
 
-    ``{"cluster", "tables": [{"schema", "name", "kind", "columns": [{"name", "type"}]}],
-    "truncated"}``; at most :data:`MAX_OVERVIEW_TABLES` tables (``truncated`` says so).
+    At most :data:`MAX_OVERVIEW_TABLES` tables (``truncated`` says so).
     """
     result = _read(cluster, _OVERVIEW_SQL, max_rows=MAX_OVERVIEW_TABLES, purpose=purpose)
     tables = [
-        {
-            "schema": row["schema"],
-            "name": row["name"],
-            "kind": KINDS[row["kind"]],
-            "columns": row["columns"],
-        }
-        for row in result.rows
+        OverviewTable.model_validate({**row, "kind": KINDS[row["kind"]]}) for row in result.rows
     ]
-    return {"cluster": cluster, "tables": tables, "truncated": result.truncated}
+    return SchemaOverview(cluster=cluster, tables=tables, truncated=result.truncated)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from endpoints import routing
 from endpoints.core.purposes import Purpose
+from endpoints.core.vocabulary import Intent
 
 # Predefined roles an assistant must not have the privileges of, and why.
 UNSAFE_MEMBERSHIPS: dict[str, str] = {
@@ -114,7 +115,7 @@ def check_role(cluster: str, purpose: Purpose) -> RoleReport:
         cluster,
         ROLE_SQL,
         {"memberships": list(UNSAFE_MEMBERSHIPS), "functions": list(FILE_FUNCTIONS)},
-        intent="read",
+        intent=Intent.READ,
         read_only=True,
         timeout_ms=CHECK_TIMEOUT_MS,
         purpose=purpose,

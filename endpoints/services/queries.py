@@ -1,9 +1,11 @@
 """Guarded SQL services for an assistant: reads, writes, transactions and EXPLAIN.
 
 Each checks its arguments and the SQL (:mod:`endpoints.services.sqlguard`), runs it through the
-routing service (:mod:`endpoints.routing`) and returns plain JSON-safe data
-(:mod:`endpoints.core.jsonsafe`). Reads run in a ``READ ONLY`` transaction that is rolled back, so
-the server refuses writes that the SQL text does not show (a view calling a writing function).
+routing service (:mod:`endpoints.routing`) and returns a typed result (:class:`ReadResult`,
+:class:`WriteResult`, :class:`TransactionResult`, :class:`ExplainResult`) whose values are
+JSON-safe (:mod:`endpoints.core.jsonsafe`). Reads run in a ``READ ONLY`` transaction that
+is rolled back, so the server refuses writes that the SQL text does not show (a view
+calling a writing function).
 
 Every statement goes through an assistant router (``purpose``: the cluster's assistant role
 for reads, its assistant write role for writes, see :mod:`endpoints.core.purposes`), whose
@@ -24,13 +26,15 @@ from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
+from pydantic import Field
 
 from endpoints import routing
 from endpoints.core.classify import classify
 from endpoints.core.jsonsafe import shape_rows, to_json
 from endpoints.core.purposes import ASSISTANT_READ, ASSISTANT_WRITE, Purpose
-from endpoints.routing.pools import watchdog
+from endpoints.core.vocabulary import Intent, Role
 from endpoints.services import sqlguard
+from endpoints.services.results import Answer, Result
 
 DEFAULT_MAX_ROWS = 500
 MAX_ROWS_LIMIT = 10_000
@@ -40,6 +44,71 @@ MAX_BYTES_LIMIT = 50_000_000
 MAX_TRANSACTION_STATEMENTS = 100
 
 Params = Sequence[Any] | dict[str, Any] | None
+Row = dict[str, Any]
+
+
+class Column(Result):
+    """A result column: its name and PostgreSQL type name (``int4``, ``text``...)."""
+
+    name: str
+    type: str
+
+
+class ReadResult(Answer):
+    """The rows of one read-only statement, and where it ran."""
+
+    columns: list[Column]
+    rows: list[Row] = Field(description="JSON-safe values, one object per row.")
+    row_count: int
+    truncated: bool = Field(description="Rows were left out (max_rows or the size cap).")
+    endpoint: str
+    role: Role
+    elapsed_ms: float
+
+
+class WriteResult(Answer):
+    """One committed statement: rows affected, RETURNING rows, command tag, WAL position."""
+
+    rows_affected: int
+    columns: list[Column]
+    rows: list[Row]
+    truncated: bool
+    status: str | None = Field(description="The command tag, e.g. INSERT 0 1.")
+    endpoint: str
+    role: Role
+    elapsed_ms: float
+    lsn: str | None = Field(description="The primary's WAL position after the commit.")
+
+
+class StatementOutcome(Result):
+    """One statement of a committed transaction."""
+
+    rows_affected: int
+    status: str | None
+    rows: list[Row]
+    truncated: bool
+
+
+class TransactionResult(Answer):
+    """Statements committed together, in order."""
+
+    committed: bool
+    statements: list[StatementOutcome]
+    endpoint: str
+    role: Role
+    elapsed_ms: float
+    lsn: str | None
+
+
+class ExplainResult(Answer):
+    """A statement's plan, as PostgreSQL's EXPLAIN (FORMAT JSON) gives it."""
+
+    plan: Any
+    analyzed: bool
+    rolled_back: bool = Field(description="The statement ran, and was rolled back.")
+    endpoint: str
+    role: Role
+    elapsed_ms: float
 
 
 def read_query(
@@ -52,13 +121,11 @@ def read_query(
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     purpose: Purpose = ASSISTANT_READ,
-) -> dict[str, Any]:
+) -> ReadResult:
     """Run one read-only statement; at most ``max_rows`` rows and ``max_bytes`` of JSON.
 
     A SELECT stops on the server once its rows pass ``max_bytes`` (in their text form), so
     this process never holds more than about that much of a result, whatever the query.
-    Returns ``{"columns": [{"name", "type"}], "rows", "row_count", "truncated", "endpoint",
-    "role", "elapsed_ms"}``.
     """
     _check_statement(cluster, sql, params)
     _check_int("max_rows", max_rows, MAX_ROWS_LIMIT)
@@ -73,7 +140,7 @@ def read_query(
         # router that classification, which lets it run a SELECT as a cursor (one round
         # trip, and the server produces only max_rows + 1 rows) or stream anything else:
         # never a huge result held in memory.
-        intent="auto",
+        intent=Intent.AUTO,
         read_only=True,
         read_preference=read_preference,
         timeout_ms=timeout_ms,
@@ -82,15 +149,15 @@ def read_query(
         purpose=purpose,
     )
     rows, cut = shape_rows(result.rows, max_bytes)
-    return {
-        "columns": _columns(result),
-        "rows": rows,
-        "row_count": len(rows),
-        "truncated": result.truncated or cut,
-        "endpoint": result.endpoint,
-        "role": result.role,
-        "elapsed_ms": round(result.elapsed_ms, 3),
-    }
+    return ReadResult(
+        columns=_columns(result),
+        rows=rows,
+        row_count=len(rows),
+        truncated=result.truncated or cut,
+        endpoint=result.endpoint,
+        role=Role(result.role),
+        elapsed_ms=round(result.elapsed_ms, 3),
+    )
 
 
 def write_statement(
@@ -100,14 +167,13 @@ def write_statement(
     *,
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
     purpose: Purpose = ASSISTANT_WRITE,
-) -> dict[str, Any]:
+) -> WriteResult:
     """Run one statement that may write, on the primary, and commit it.
 
     Statements PostgreSQL refuses inside a transaction block (VACUUM, CREATE INDEX
     CONCURRENTLY...) run on their own in autocommit, the timeout set for the session.
 
-    Returns ``{"rows_affected", "columns", "rows" (RETURNING rows), "truncated", "status"
-    (the command tag), "endpoint", "role", "elapsed_ms", "lsn"}``. A lost connection raises
+    A lost connection raises
     ``routing.WriteOutcomeUnknown``: the write may or may not have been applied.
     """
     _check_statement(cluster, sql, params)
@@ -117,23 +183,23 @@ def write_statement(
         cluster,
         sql,
         params,
-        intent="write",
+        intent=Intent.WRITE,
         timeout_ms=timeout_ms,
         max_rows=DEFAULT_MAX_ROWS,
         purpose=purpose,
     )
     rows, cut = shape_rows(result.rows, DEFAULT_MAX_BYTES)
-    return {
-        "rows_affected": result.rowcount,
-        "columns": _columns(result),
-        "rows": rows,
-        "truncated": result.truncated or cut,
-        "status": result.status,
-        "endpoint": result.endpoint,
-        "role": result.role,
-        "elapsed_ms": round(result.elapsed_ms, 3),
-        "lsn": result.lsn,
-    }
+    return WriteResult(
+        rows_affected=result.rowcount,
+        columns=_columns(result),
+        rows=rows,
+        truncated=result.truncated or cut,
+        status=result.status,
+        endpoint=result.endpoint,
+        role=Role(result.role),
+        elapsed_ms=round(result.elapsed_ms, 3),
+        lsn=result.lsn,
+    )
 
 
 def write_transaction(
@@ -142,12 +208,11 @@ def write_transaction(
     *,
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
     purpose: Purpose = ASSISTANT_WRITE,
-) -> dict[str, Any]:
+) -> TransactionResult:
     """Run ``[{"sql": ..., "params": ...}, ...]`` in one transaction on the primary.
 
     All or nothing: on an error nothing is committed and the ``QueryError`` says which
-    statement (1-based) failed. Returns ``{"committed": True, "statements": [{"rows_affected",
-    "status", "rows", "truncated"}], "endpoint", "role", "elapsed_ms", "lsn"}``.
+    statement (1-based) failed.
     """
     _check_cluster(cluster)
     _check_int("timeout_ms", timeout_ms, max_timeout_ms())
@@ -156,28 +221,28 @@ def write_transaction(
         results = routing.transaction(cluster, pairs, timeout_ms=timeout_ms, purpose=purpose)
     except routing.QueryError as exc:
         raise _nothing_committed(exc) from None
-    done = []
+    done: list[StatementOutcome] = []
     for result in results:
         # Each statement's rows are capped like write_statement's, so a huge RETURNING
         # cannot make the answer unbounded.
         rows, cut = shape_rows(result.rows[:DEFAULT_MAX_ROWS], DEFAULT_MAX_BYTES)
         done.append(
-            {
-                "rows_affected": result.rowcount,
-                "status": result.status,
-                "rows": rows,
-                "truncated": cut or len(result.rows) > DEFAULT_MAX_ROWS,
-            }
+            StatementOutcome(
+                rows_affected=result.rowcount,
+                status=result.status,
+                rows=rows,
+                truncated=cut or len(result.rows) > DEFAULT_MAX_ROWS,
+            )
         )
     last = results[-1]
-    return {
-        "committed": True,
-        "statements": done,
-        "endpoint": last.endpoint,
-        "role": last.role,
-        "elapsed_ms": round(last.elapsed_ms, 3),
-        "lsn": last.lsn,
-    }
+    return TransactionResult(
+        committed=True,
+        statements=done,
+        endpoint=last.endpoint,
+        role=Role(last.role),
+        elapsed_ms=round(last.elapsed_ms, 3),
+        lsn=last.lsn,
+    )
 
 
 def explain(
@@ -191,14 +256,13 @@ def explain(
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
     purpose: Purpose = ASSISTANT_READ,
     write_purpose: Purpose = ASSISTANT_WRITE,
-) -> dict[str, Any]:
+) -> ExplainResult:
     """The plan of one statement, as ``EXPLAIN (FORMAT JSON)`` gives it.
 
     Without ``analyze`` the statement is only planned, which reads whatever it is. With
     ``analyze`` it runs: a read in a READ ONLY transaction; a write only with
     ``allow_writes``, on the primary, in a transaction that is rolled back (reads follow
-    ``read_preference``), as ``write_purpose``'s role. Returns
-    ``{"plan": [...], "analyzed", "rolled_back", "endpoint", "role", "elapsed_ms"}``.
+    ``read_preference``), as ``write_purpose``'s role.
     """
     _check_statement(cluster, sql, params)
     _check_bool("analyze", analyze)
@@ -218,7 +282,7 @@ def explain(
                 cluster,
                 text,
                 params,
-                intent="read",
+                intent=Intent.READ,
                 read_only=True,
                 read_preference=read_preference,
                 timeout_ms=timeout_ms,
@@ -227,21 +291,21 @@ def explain(
         except routing.QueryError as exc:
             raise _planning_hint(exc, writes and planner is purpose) from None
         plan = next(iter(result.rows[0].values()))
-        endpoint, role, elapsed_ms = result.endpoint, result.role, result.elapsed_ms
+        endpoint, role, elapsed_ms = result.endpoint, Role(result.role), result.elapsed_ms
     else:
         plan, endpoint, elapsed_ms = _explain_rolled_back(
             cluster, text, params, timeout_ms, write_purpose
         )
-        role = "primary"
-    return {
-        "plan": to_json(plan),
-        "analyzed": analyze,
+        role = Role.PRIMARY
+    return ExplainResult(
+        plan=to_json(plan),
+        analyzed=analyze,
         # Both paths roll back; this says whether there was anything to roll back.
-        "rolled_back": analyze,
-        "endpoint": endpoint,
-        "role": role,
-        "elapsed_ms": round(elapsed_ms, 3),
-    }
+        rolled_back=analyze,
+        endpoint=endpoint,
+        role=role,
+        elapsed_ms=round(elapsed_ms, 3),
+    )
 
 
 # Running EXPLAIN ANALYZE of a write
@@ -254,21 +318,19 @@ def _explain_rolled_back(
     started = time.perf_counter()
     endpoint = "primary"
     try:
-        with routing.connection(cluster, intent="write", purpose=purpose) as conn:
+        # timeout_ms: the router's watchdog cuts the connection if the server hangs.
+        with routing.connection(
+            cluster, intent=Intent.WRITE, timeout_ms=timeout_ms, purpose=purpose
+        ) as conn:
             endpoint = _endpoint_name(cluster, conn, purpose)
-            # The raw connection has no watchdog of its own: cut it if the server hangs.
-            watchdog.arm(conn, timeout_ms / 1000 + routing.WATCHDOG_GRACE_S)
-            try:
-                with conn.transaction(force_rollback=True):
-                    conn.execute(
-                        pgsql.SQL("SET LOCAL statement_timeout = {}").format(
-                            pgsql.Literal(f"{timeout_ms}ms")
-                        )
+            with conn.transaction(force_rollback=True):
+                conn.execute(
+                    pgsql.SQL("SET LOCAL statement_timeout = {}").format(
+                        pgsql.Literal(f"{timeout_ms}ms")
                     )
-                    # Never the simple protocol: it would run whatever follows a ";".
-                    row = routing.extended_cursor(conn).execute(text, params).fetchone()
-            finally:
-                watchdog.disarm(conn)
+                )
+                # Never the simple protocol: it would run whatever follows a ";".
+                row = routing.extended_cursor(conn).execute(text, params).fetchone()
     except psycopg.Error as exc:
         # Outside the connection's block, so routing counts a lost connection as a failure.
         # Never committed, so a lost connection changed nothing: a QueryError, not
@@ -291,9 +353,9 @@ def _endpoint_name(cluster: str, conn: psycopg.Connection[Any], purpose: Purpose
 # Results
 
 
-def _columns(result: routing.QueryResult) -> list[dict[str, str]]:
+def _columns(result: routing.QueryResult) -> list[Column]:
     return [
-        {"name": name, "type": type_name}
+        Column(name=name, type=type_name)
         for name, type_name in zip(result.columns, result.column_types, strict=True)
     ]
 
@@ -427,6 +489,12 @@ __all__ = [
     "MAX_BYTES_LIMIT",
     "MAX_ROWS_LIMIT",
     "MAX_TRANSACTION_STATEMENTS",
+    "Column",
+    "ExplainResult",
+    "ReadResult",
+    "StatementOutcome",
+    "TransactionResult",
+    "WriteResult",
     "explain",
     "max_timeout_ms",
     "read_query",

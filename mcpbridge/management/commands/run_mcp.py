@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
+from endpoints.core.errortext import first_line
 from endpoints.models import Cluster
 from endpoints.services.assistant import UNSAFE_FLAG, AccessPolicy, StartupCheck
 from mcpbridge.server import BridgeConfig, build_server
@@ -88,7 +89,7 @@ def _cluster_names() -> list[str]:
     try:
         return list(Cluster.objects.order_by("name").values_list("name", flat=True))
     except DatabaseError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CommandError(
             f"the control database is not usable ({first}); run `manage.py migrate` "
             "or check DATABASE_URL"
