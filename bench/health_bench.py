@@ -4,7 +4,7 @@ The issue's target: a sweep probes every endpoint at once, so it costs about one
 timeout (the hung endpoints' share) however many endpoints there are; under 1.5 x
 ``probe_timeout_s`` at every size.
 
-What is measured: ``endpoints.health.sweep`` on a registered cluster, end to end
+What is measured: ``endpoints.control.sweep`` on a registered cluster, end to end
 (probes, the HealthCheck rows, the Endpoint updates, the topology notice and the alert
 evaluation), with the default probe timeout of 2 s, median of several sweeps after one
 warm-up sweep (the first sweep of a cluster also moves every endpoint from unknown to
@@ -43,7 +43,7 @@ from typing import Any
 
 import psycopg
 
-from endpoints import health
+from endpoints import control
 from endpoints.devstack.localcluster import LocalPostgresCluster, SilentListener
 from endpoints.health.probe import PROBE_SQL, check_endpoints
 from endpoints.models import Cluster, Endpoint, Role
@@ -92,12 +92,12 @@ def sweep_time(servers: LocalPostgresCluster, hung_port: int, size: int, *, runs
     cluster = _register(servers, hung_port, size)
     hung = round(size * HUNG_SHARE)
     try:
-        health.sweep(cluster)  # warm-up: unknown -> healthy for every endpoint
+        control.sweep(cluster)  # warm-up: unknown -> healthy for every endpoint
         times: list[float] = []
         answered: list[int] = []
         for _ in range(runs):
             started = time.perf_counter()
-            observations = health.sweep(cluster)
+            observations = control.sweep(cluster)
             times.append(time.perf_counter() - started)
             answered.append(sum(o.result.ok for o in observations))
     finally:

@@ -32,7 +32,7 @@ from endpoints.core.purposes import (
 from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.management.commands.register_cluster import Command as RegisterClusterCommand
 from project.env import VARIABLES
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # The binary itself: the package's console script (.venv/bin/docker-compose) exits 0
 # whatever the binary returns.

@@ -30,7 +30,7 @@ from project.env import (
     parse_redis_url,
     parse_time_zone,
 )
-from tests.conftest import run_manage
+from tests.helpers.processes import run_manage
 
 VALID_SECRET_KEY = "a-valid-secret-key-for-the-env-tests-0123456789"
 VALID_KEY = Fernet.generate_key().decode()

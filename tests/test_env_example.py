@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from project.env import VARIABLES, render_env_example
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 ENV_EXAMPLE = ROOT / ".env.example"
 REGENERATE = (

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from project.env import VARIABLES
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 README = (ROOT / "README.md").read_text()
 
