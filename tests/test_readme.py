@@ -50,3 +50,10 @@ def test_the_assistant_role_sql_is_what_the_local_cluster_runs() -> None:
         for statement in assistant_role_sql(role, "'...'", writes=writes)
     ]
     assert shown == expected
+
+
+def test_every_relative_link_points_at_a_file_or_folder_that_exists() -> None:
+    links = re.findall(r"\]\(((?!https?:|#|mailto:)[^)\s]+)\)", README)
+    assert links, "the README links no file at all"
+    missing = [link for link in links if not (ROOT / link.split("#")[0]).exists()]
+    assert missing == []
