@@ -15,6 +15,7 @@ from endpoints.core.purposes import (
     ASSISTANT_READ_AS_OPERATIONS,
     ASSISTANT_WRITE,
 )
+from endpoints.core.waiting import poll_until
 from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster
 from endpoints.services import assistant, privileges
@@ -165,14 +166,15 @@ def test_a_superuser_role_is_refused_and_another_role_registered_is_checked_anew
         [],
         assistant=RoleSpec(pg_cluster.assistant_user, Secret(pg_cluster.assistant_password)),
     )
-    deadline = time.monotonic() + 5
-    while True:  # this process's snapshot follows the registry within a second
+
+    def reads_as_assistant() -> bool:
         try:
-            assert policy.access("local").purpose is ASSISTANT_READ
-            break
+            return policy.access("local").purpose is ASSISTANT_READ
         except AccessRefused:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+            return False
+
+    # This process's snapshot follows the registry within a second.
+    assert poll_until(reads_as_assistant, timeout_s=5, interval_s=0.1)
 
 
 def test_an_unreachable_cluster_is_checked_again_at_its_first_call(

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from endpoints.control import sweep
+from endpoints.core.waiting import poll_until
 from endpoints.devstack.localcluster import LocalPostgresCluster
 from endpoints.models import Cluster, Endpoint
 from tests.helpers import ROOT
@@ -651,9 +652,7 @@ def test_stdio_that_is_not_a_pipe_is_served_by_the_sdk_transport(
         assert server.stdin is not None
         server.stdin.write("".join(json.dumps(m) + "\n" for m in messages).encode())
         server.stdin.flush()
-        deadline = time.monotonic() + 60
-        while '"id":2' not in responses.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        poll_until(lambda: '"id":2' in responses.read_text(), timeout_s=60)
         _, stderr_bytes = server.communicate(timeout=30)  # closes stdin: the server ends
     stderr = stderr_bytes.decode(errors="replace")
 

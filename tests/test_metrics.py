@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from endpoints import control, routing
+from endpoints.core.waiting import poll_until
 from endpoints.devstack.localcluster import LocalPostgresCluster, free_port
 from endpoints.models import Cluster, Endpoint, FailoverEvent, Role, State
 from endpoints.routing import LATENCY_BUCKETS_MS, EndpointStats
@@ -485,16 +485,14 @@ def test_separate_web_processes_report_the_same_registry_values(
             )
             servers.append((port, process))
         for port, process in servers:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    assert _get(port, "/healthz") == '{"alive": true}'
-                    break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        logs = "\n".join(p.read_text() for p in tmp_path.glob("*.log"))
-                        pytest.fail(f"gunicorn did not come up:\n{logs[-3000:]}")
-                    time.sleep(0.1)
+            answer = poll_until(
+                lambda port=port, process=process: _healthz_or_exit(port, process),
+                timeout_s=30,
+                interval_s=0.1,
+            )
+            if answer != '{"alive": true}':
+                logs = "\n".join(p.read_text() for p in tmp_path.glob("*.log"))
+                pytest.fail(f"gunicorn did not come up ({answer!r}):\n{logs[-3000:]}")
 
         scrapes = [parse(_get(port, "/metrics")) for port, _ in servers]
     finally:
@@ -512,3 +510,13 @@ def test_separate_web_processes_report_the_same_registry_values(
     ]
     assert len(processes[0]) == len(processes[1]) == 1
     assert processes[0] != processes[1]
+
+
+def _healthz_or_exit(port: int, process: subprocess.Popen[bytes]) -> str | None:
+    """/healthz's body once gunicorn answers; "exited" if it died; None while it starts."""
+    if process.poll() is not None:
+        return "exited"
+    try:
+        return _get(port, "/healthz")
+    except OSError:
+        return None

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from endpoints.core.waiting import poll_until
 from endpoints.models import Cluster, Endpoint
 from endpoints.routing import topology
 from endpoints.routing.topology import Topology, load_snapshot
@@ -63,10 +64,11 @@ def test_without_redis_the_snapshot_is_reloaded_from_the_database_every_second(
     view = Topology(f"redis://127.0.0.1:{closed_port}/0", check_interval_s=0.05)
     assert view.current().clusters["topo"].endpoint("r").weight == 7
     Endpoint.objects.filter(cluster=cluster, name="r").update(weight=11)
-    deadline = time.monotonic() + topology.REDIS_DOWN_RELOAD_S + 1.0
-    while view.current().clusters["topo"].endpoint("r").weight != 11:
-        assert time.monotonic() < deadline, "the snapshot was never reloaded"
-        time.sleep(0.05)
+    reloaded = poll_until(
+        lambda: view.current().clusters["topo"].endpoint("r").weight == 11,
+        timeout_s=topology.REDIS_DOWN_RELOAD_S + 1.0,
+    )
+    assert reloaded, "the snapshot was never reloaded"
 
 
 def test_an_undecryptable_password_makes_the_endpoint_unusable_not_the_cluster() -> None:
