@@ -5,7 +5,7 @@ the tests do, under /tmp), registers them in a throwaway control database, and
 prints one table. Nothing here is asserted: the numbers are for people, the
 tests check behaviour.
 
-    python -m bench [--quick]
+    python -m bench [--quick] [--only routing --only mcp ...]
 """
 
 from __future__ import annotations
@@ -23,10 +23,20 @@ sys.path.insert(0, str(ROOT))
 os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
 
 
+BENCHES = ("routing", "mcp", "failover", "health", "dashboard")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    parser.add_argument(
+        "--only",
+        choices=BENCHES,
+        action="append",
+        help="run only this group of rows (repeatable); default: all of them",
+    )
     args = parser.parse_args()
+    only = set(args.only or BENCHES)
 
     import django
 
@@ -36,7 +46,7 @@ def main() -> int:
 
     from bench import dashboard_bench, failover_bench, health_bench, mcp_bench, routing_bench
     from endpoints.devstack.localcluster import LocalPostgresCluster, local_redis_for_url
-    from endpoints.devstack.localstack import register_local_cluster
+    from endpoints.services.registration import register_local_cluster
 
     base = Path(tempfile.mkdtemp(prefix="pgwarden-bench-"))
     # The postgres OS user runs the servers and must reach their directories.
@@ -52,13 +62,16 @@ def main() -> int:
         call_command("migrate", verbosity=0)
         register_local_cluster(cluster)
         started = time.monotonic()
-        rows = routing_bench.run(cluster, quick=args.quick)
-        rows += mcp_bench.run(quick=args.quick)
-        # The others start clusters of their own (failover kills servers; sweeps need many).
-        rows += failover_bench.run(quick=args.quick)
-        rows += health_bench.run(quick=args.quick)
-        # Last: it leaves a million health checks in the (throwaway) control database.
-        rows += dashboard_bench.run(quick=args.quick)
+        runs = {
+            "routing": lambda: routing_bench.run(cluster, quick=args.quick),
+            "mcp": lambda: mcp_bench.run(quick=args.quick),
+            # These start clusters of their own (failover kills servers; sweeps need many).
+            "failover": lambda: failover_bench.run(quick=args.quick),
+            "health": lambda: health_bench.run(quick=args.quick),
+            # Last: it leaves a million health checks in the (throwaway) control database.
+            "dashboard": lambda: dashboard_bench.run(quick=args.quick),
+        }
+        rows = [row for name, run in runs.items() if name in only for row in run()]
         print_table(rows)
         print(f"\n(measured in {time.monotonic() - started:.0f} s; rerun with `make bench`)")
     finally:

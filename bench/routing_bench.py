@@ -1,21 +1,36 @@
-"""Routing overhead, classification cost and mixed throughput, each beside its baseline."""
+"""Routing overhead, classification cost and mixed throughput, each beside its baseline.
+
+Routing overhead is measured two ways. *Alternating*: one routed call, one raw call, in
+turn, each going first half the time. *Batches* (issue 14): 100 calls of one side, then
+100 of the other, the order alternating, for many rounds, reporting the median of each
+side's batch means, while a real Celery worker and beat sweep the same cluster every
+second, against an autocommit ``psycopg_pool`` with ``dict_row`` to the same endpoint.
+"""
 
 from __future__ import annotations
 
 import statistics
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pglast
 import psycopg
+from django.utils import timezone
+from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from endpoints import routing
 from endpoints.core import classify as classify_module
+from endpoints.core.waiting import poll_until
 from endpoints.devstack.localcluster import LocalPostgresCluster
-from endpoints.models import Cluster, Endpoint
+from endpoints.devstack.localstack import Supervisor
+from endpoints.models import Cluster, Endpoint, HealthCheck
 from endpoints.routing import topology
 
 Row = tuple[str, str, str, str, str]
@@ -29,6 +44,8 @@ def run(cluster: LocalPostgresCluster, *, quick: bool) -> list[Row]:
     cluster.wait_for_replay()
     rows: list[Row] = []
     rows += routing_overhead(iterations=2_000 if quick else 20_000)
+    with sweeping_every_second():
+        rows += batch_overhead(rounds=20 if quick else BATCH_ROUNDS)
     rows += classification_cost(statements=500 if quick else 3_000)
     rows += mixed_throughput(seconds=2.0 if quick else 6.0)
     return rows
@@ -39,12 +56,17 @@ def _set_read_preference(preference: str) -> None:
     topology.notify_changed()
 
 
-def _raw_pool(endpoint_name: str, max_size: int = 10) -> ConnectionPool[Any]:
+def _raw_pool(
+    endpoint_name: str, max_size: int = 10, *, dict_rows: bool = False
+) -> ConnectionPool[Any]:
     endpoint = Endpoint.objects.select_related("cluster").get(
         cluster__name=CLUSTER, name=endpoint_name
     )
+    kwargs: dict[str, Any] = {**endpoint.connection_info().connect_kwargs(), "autocommit": True}
+    if dict_rows:
+        kwargs["row_factory"] = dict_row
     pool: ConnectionPool[Any] = ConnectionPool(
-        kwargs={**endpoint.connection_info().connect_kwargs(), "autocommit": True},
+        kwargs=kwargs,
         min_size=1,
         max_size=max_size,
         open=True,
@@ -107,6 +129,109 @@ def routing_overhead(iterations: int) -> list[Row]:
             f"{raw_p99:.1f}",
             f"{routed_p99 / raw_p99:.3f}",
             "",
+        ),
+    ]
+
+
+BATCH_SIZE = 100
+BATCH_ROUNDS = 300
+
+
+@contextmanager
+def sweeping_every_second() -> Iterator[None]:
+    """A real Celery worker and beat, sweeping the bench cluster every second meanwhile."""
+    Cluster.objects.filter(name=CLUSTER).update(check_interval_s=1.0)
+    topology.notify_changed()
+    supervisor = Supervisor()
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory(prefix="pgwarden-bench-beat-") as beat_dir:
+        celery = [str(bin_dir / "celery"), "--app=project"]
+        try:
+            supervisor.spawn("worker", [*celery, "worker", "--loglevel=WARNING", "--concurrency=2"])
+            supervisor.spawn(
+                "beat",
+                [*celery, "beat", "--loglevel=WARNING", f"--schedule={beat_dir}/schedule"],
+            )
+            since = timezone.now()
+            swept = poll_until(
+                lambda: (
+                    HealthCheck.objects.filter(
+                        endpoint__cluster__name=CLUSTER, checked_at__gte=since
+                    ).count()
+                    >= 6
+                ),  # two sweeps of the three endpoints
+                timeout_s=90,
+                interval_s=0.5,
+            )
+            if not swept:
+                raise RuntimeError("the Celery worker and beat never swept the bench cluster")
+            yield
+        finally:
+            supervisor.shutdown()
+
+
+def _batches(
+    routed: Callable[[int], object], raw: Callable[[int], object], rounds: int
+) -> tuple[float, float]:
+    """Median over ``rounds`` of each side's mean µs per call, in batches of BATCH_SIZE.
+
+    Each round runs a batch of one side, then one of the other, the order alternating, so
+    a sweep landing in the middle of a round hits either side as often.
+    """
+    means: dict[Callable[[int], object], list[float]] = {routed: [], raw: []}
+    clock = time.perf_counter
+    n = 0
+    for round_index in range(rounds):
+        for side in (routed, raw) if round_index % 2 == 0 else (raw, routed):
+            t0 = clock()
+            for _ in range(BATCH_SIZE):
+                side(n)
+                n += 1
+            means[side].append((clock() - t0) / BATCH_SIZE * 1e6)
+    return statistics.median(means[routed]), statistics.median(means[raw])
+
+
+def batch_overhead(rounds: int) -> list[Row]:
+    """Reads and writes through execute() vs an autocommit dict_row pool, batch method."""
+    _set_read_preference("primary")
+    pool = _raw_pool("primary", dict_rows=True)
+
+    def raw_read(n: int) -> object:
+        with pool.connection() as conn:
+            return conn.execute("SELECT 1").fetchall()
+
+    def routed_read(n: int) -> object:
+        return routing.execute(CLUSTER, "SELECT 1")
+
+    def raw_write(n: int) -> object:
+        with pool.connection() as conn:
+            return conn.execute("INSERT INTO bench_t (v) VALUES (%s)", [n]).rowcount
+
+    def routed_write(n: int) -> object:
+        return routing.execute(CLUSTER, "INSERT INTO bench_t (v) VALUES (%s)", [n], intent="write")
+
+    try:
+        for n in range(500):  # warm both paths: pools, snapshot, prepared statements
+            raw_read(n), routed_read(n), raw_write(n), routed_write(n)
+        read = _batches(routed_read, raw_read, rounds)
+        write = _batches(routed_write, raw_write, rounds)
+    finally:
+        pool.close()
+    label = "batches, sweeping every 1 s"
+    return [
+        (
+            f"SELECT 1 latency, {label} (µs)",
+            f"{read[0]:.1f}",
+            f"{read[1]:.1f} (autocommit dict_row pool)",
+            f"{read[0] / read[1]:.3f}",
+            "<= 1.10",
+        ),
+        (
+            f"INSERT latency, intent=write, {label} (µs)",
+            f"{write[0]:.1f}",
+            f"{write[1]:.1f} (autocommit dict_row pool)",
+            f"{write[0] / write[1]:.3f}",
+            "<= 1.10",
         ),
     ]
 

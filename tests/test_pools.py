@@ -76,12 +76,11 @@ def test_a_connection_terminated_while_idle_is_seen_dead_without_a_round_trip(
 def test_acquire_and_release_count_connections_in_use(pg_cluster: LocalPostgresCluster) -> None:
     pool = EndpointPool(_view(pg_cluster))
     try:
-        conn, token = pool.acquire()
-        assert pool.in_use == 1
-        assert conn.execute("SELECT 1").fetchone() == (1,)
-        pool.release(conn, token)
+        with pool.acquire() as conn:
+            assert pool.in_use == 1
+            assert conn.execute("SELECT 1").fetchone() == (1,)
         assert pool.in_use == 0
-        assert pool.stats()["size"] >= 1
+        assert pool.stats().size >= 1
     finally:
         pool.close()
 
@@ -117,10 +116,9 @@ def test_a_hung_endpoint_costs_one_connect_timeout(
 def test_an_exhausted_pool_reports_load_not_failure(pg_cluster: LocalPostgresCluster) -> None:
     pool = EndpointPool(_view(pg_cluster, max_size=1, timeout_s=0.3))
     try:
-        conn, token = pool.acquire()
-        with pytest.raises(PoolExhausted, match="stayed busy"):
+        with pool.acquire(), pytest.raises(PoolExhausted, match="stayed busy"):
             pool.acquire()
-        pool.release(conn, token)
+        assert pool.in_use == 0
     finally:
         pool.close()
 
@@ -136,7 +134,7 @@ def test_the_registry_rebuilds_on_settings_change_and_closes_out_of_service_pool
         bigger = dataclasses.replace(view, pool=dataclasses.replace(view.pool, max_size=4))
         second = registry.get(bigger)
         assert second is not first
-        assert second.stats()["max_size"] == 4
+        assert second.stats().max_size == 4
         registry.sync([dataclasses.replace(bigger, enabled=False)])
         assert registry.peek(view.id) is None
         with pytest.raises(EndpointUnreachable, match="pool was closed"):

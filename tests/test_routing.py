@@ -14,9 +14,9 @@ import psycopg
 import pytest
 
 from endpoints import routing
+from endpoints.control import sweep
 from endpoints.core.purposes import ASSISTANT_READ, ASSISTANT_WRITE, Purpose
 from endpoints.devstack.localcluster import LocalPostgresCluster
-from endpoints.health import sweep
 from endpoints.models import Cluster, Endpoint
 from endpoints.routing import (
     ClusterNotFound,
@@ -26,7 +26,8 @@ from endpoints.routing import (
     WriteOutcomeUnknown,
     topology,
 )
-from tests.conftest import run_manage, terminate_backend_running
+from tests.helpers.cluster import terminate_backend_running
+from tests.helpers.processes import run_manage
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_router")]
 
@@ -237,10 +238,10 @@ def test_a_stopped_replica_opens_its_circuit_reads_continue_and_it_closes_after_
         for _ in range(30):
             result = routing.execute("local", PORT_SQL)
             assert served_by(pg_cluster, result) == "replica2"
-        circuit = routing.stats("local")["endpoints"]["replica1"]["circuit"]
+        circuit = routing.stats("local").endpoints["replica1"].circuit
         assert circuit["state"] in ("open", "half_open")
         assert circuit["opened_count"] >= 1
-        assert routing.stats("local")["endpoints"]["replica1"]["errors"] >= 2
+        assert routing.stats("local").endpoints["replica1"].errors >= 2
     finally:
         pg_cluster.start()
     deadline = time.monotonic() + 15
@@ -249,7 +250,7 @@ def test_a_stopped_replica_opens_its_circuit_reads_continue_and_it_closes_after_
         assert time.monotonic() < deadline, "reads never returned to the restarted replica"
         served.add(served_by(pg_cluster, routing.execute("local", PORT_SQL)))
         time.sleep(0.05)
-    assert routing.stats("local")["endpoints"]["replica1"]["circuit"]["state"] == "closed"
+    assert routing.stats("local").endpoints["replica1"].circuit["state"] == "closed"
 
 
 def test_a_write_interrupted_by_a_killed_backend_is_reported_unknown_and_not_retried(
@@ -273,7 +274,7 @@ def test_a_write_interrupted_by_a_killed_backend_is_reported_unknown_and_not_ret
     assert error.endpoint == "primary"
     assert pg_cluster.password not in str(error)
     assert row_count(pg_cluster) == 0  # not applied, and above all not applied twice
-    assert routing.stats("local")["endpoints"]["primary"]["retries"] == 0
+    assert routing.stats("local").endpoints["primary"].retries == 0
     # The next write gets a fresh connection and works.
     assert routing.execute("local", "INSERT INTO routing_t (note) VALUES ('after')").rowcount == 1
 
@@ -296,7 +297,7 @@ def test_connections_that_died_while_idle_are_discarded_without_an_error(
     result = routing.execute("local", "SELECT 1 AS one")
     assert result.rows == [{"one": 1}]
     assert result.attempts == 1  # no retry was needed: the dead ones never reached the caller
-    assert routing.stats("local")["endpoints"]["primary"]["errors"] == 0
+    assert routing.stats("local").endpoints["primary"].errors == 0
 
 
 def test_no_connection_leaks_after_10000_mixed_requests_from_8_threads(
@@ -332,12 +333,12 @@ def test_no_connection_leaks_after_10000_mixed_requests_from_8_threads(
         thread.join(120)
     assert not errors, errors[:3]
     stats = routing.stats("local")
-    assert stats["totals"]["requests"] >= 10_000
-    for name, endpoint in stats["endpoints"].items():
-        pool = endpoint["pool"]
+    assert stats.totals.requests >= 10_000
+    for name, endpoint in stats.endpoints.items():
+        pool = endpoint.pool
         assert pool is not None, name
-        assert pool["in_use"] == 0, (name, pool)
-        assert pool["size"] <= 3, (name, pool)
+        assert pool.in_use == 0, (name, pool)
+        assert pool.size <= 3, (name, pool)
     assert row_count(pg_cluster) == 8 * 125
     for node in pg_cluster.nodes:
         with psycopg.connect(**pg_cluster.conninfo(node)) as conn:
@@ -487,20 +488,28 @@ def test_stats_report_per_endpoint_and_totals(cluster: Cluster) -> None:
     for _ in range(5):
         routing.execute("local", "SELECT 1")
     stats = routing.stats("local")
-    primary = stats["endpoints"]["primary"]
-    assert primary["requests"] == 5
-    assert primary["errors"] == 0
-    assert primary["latency_avg_ms"] > 0
-    assert primary["latency_p95_ms"] > 0
-    assert primary["circuit"]["state"] == "closed"
-    assert primary["pool"]["in_use"] == 0
-    assert primary["pool"]["size"] >= 1
-    totals = stats["totals"]
-    assert totals["requests"] == 5
-    assert totals["endpoints"] == 3
-    assert totals["available_endpoints"] == 3
-    assert totals["total_connections"] >= 1
-    assert totals["average_response_ms"] > 0
+    primary = stats.endpoints["primary"]
+    assert primary.requests == 5
+    assert primary.errors == 0
+    assert primary.latency_avg_ms is not None
+    assert primary.latency_avg_ms > 0
+    assert primary.latency_p95_ms is not None
+    assert primary.latency_p95_ms > 0
+    assert primary.circuit["state"] == "closed"
+    assert primary.pool is not None
+    assert primary.pool.in_use == 0
+    assert primary.pool.size >= 1
+    totals = stats.totals
+    assert totals.requests == 5
+    assert totals.endpoints == 3
+    assert totals.available_endpoints == 3
+    assert totals.total_connections >= 1
+    assert totals.average_response_ms is not None
+    assert totals.average_response_ms > 0
+    # The JSON shape the admin and the MCP tools show: the same data as plain dicts.
+    as_json = stats.as_json()
+    assert as_json["endpoints"]["primary"]["pool"]["size"] == primary.pool.size
+    assert as_json["totals"]["requests"] == 5
 
 
 # Classification details that change where a query runs
@@ -602,9 +611,9 @@ def test_a_hung_replica_costs_one_deadline_then_reads_move_on(
             assert served_by(pg_cluster, result) == "replica2"
         # Without the watchdog the first read sent to replica1 would wait forever.
         assert time.monotonic() - started < 30
-        replica1 = routing.stats("local")["endpoints"]["replica1"]
-        assert replica1["errors"] >= 1
-        assert routing.stats("local")["endpoints"]["replica2"]["retries"] >= 1
+        replica1 = routing.stats("local").endpoints["replica1"]
+        assert replica1.errors >= 1
+        assert routing.stats("local").endpoints["replica2"].retries >= 1
     finally:
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
@@ -781,10 +790,10 @@ def test_sql_errors_on_the_cursor_path_stay_sql_errors_however_often_they_come(
         with pytest.raises(QueryError) as raised:
             routing.execute("local", f"SELECT 'x{attempt}'::int", read_only=True, max_rows=5)
         assert (raised.value.endpoint, raised.value.sqlstate) == ("primary", "22P02")
-    stats = routing.stats("local")["endpoints"]
-    assert stats["primary"]["errors"] == 0
-    assert stats["primary"]["circuit"]["consecutive_failures"] == 0
-    assert stats["replica1"]["requests"] + stats["replica2"]["requests"] == 0
+    stats = routing.stats("local").endpoints
+    assert stats["primary"].errors == 0
+    assert stats["primary"].circuit["consecutive_failures"] == 0
+    assert stats["replica1"].requests + stats["replica2"].requests == 0
     assert routing.execute("local", "SELECT 1 AS one", read_only=True, max_rows=5).rows == [
         {"one": 1}
     ]
@@ -796,8 +805,8 @@ def test_assistant_routers_never_use_the_simple_protocol(cluster: Cluster) -> No
     assert routing.execute("local", stacked, intent="read").rows == [{"two": 2}]
 
     intents: tuple[tuple[Purpose, Intent], ...] = (
-        (ASSISTANT_READ, "read"),
-        (ASSISTANT_WRITE, "write"),
+        (ASSISTANT_READ, Intent.READ),
+        (ASSISTANT_WRITE, Intent.WRITE),
     )
     for purpose, intent in intents:
         with pytest.raises(QueryError, match="cannot insert multiple commands"):

@@ -33,13 +33,15 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from types import TracebackType
 from typing import Any
 
 import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from endpoints.core.crypto import redact
+from endpoints.core.errortext import first_line
 from endpoints.routing.topology import EndpointView
 
 logger = logging.getLogger("pgwarden.pools")
@@ -91,14 +93,9 @@ class ConnectTracker:
     def failed(self, exc: BaseException) -> None:
         self.attempts += 1
         self.failures += 1
-        self.last_error = describe_connect_error(exc)
+        # libpq repeats "connection to server at ... failed:" on later lines; keep the first.
+        self.last_error = first_line(exc)
         self.state = self.FAILING
-
-
-def describe_connect_error(exc: BaseException) -> str:
-    # libpq repeats "connection failed: connection to server at ... failed:"; keep the cause.
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return redact(text)
 
 
 class TrackedConnection(psycopg.Connection[Any]):
@@ -212,6 +209,57 @@ class Watchdog:
         self._thread = None
 
 
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """One endpoint pool's connections as of one instant."""
+
+    size: int
+    in_use: int
+    idle: int
+    waiting: int
+    min_size: int
+    max_size: int
+    connections_opened: int
+    connection_errors: int
+
+    def as_json(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Lease:
+    """A connection taken from an :class:`EndpointPool`, given back exactly once.
+
+    ``with pool.acquire() as conn: ...`` gives it back when the block ends; the router,
+    which decides what to do with the connection before giving it back, calls
+    :meth:`release` itself.
+    """
+
+    __slots__ = ("_owner", "_pool", "conn")
+
+    def __init__(
+        self, owner: EndpointPool, pool: ConnectionPool[Any], conn: psycopg.Connection[Any]
+    ) -> None:
+        self._owner = owner
+        self._pool: ConnectionPool[Any] | None = pool
+        self.conn = conn
+
+    def __enter__(self) -> psycopg.Connection[Any]:
+        return self.conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def release(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            self._owner._give_back(self.conn, pool)
+
+
 class EndpointPool:
     """The pool of one endpoint in this process, with fail-fast acquisition."""
 
@@ -256,8 +304,8 @@ class EndpointPool:
 
     # Acquisition
 
-    def acquire(self, *, trial: bool = False) -> tuple[psycopg.Connection[Any], Any]:
-        """A live connection and the token to give back to :meth:`release`.
+    def acquire(self, *, trial: bool = False) -> Lease:
+        """A live connection, leased: ``with pool.acquire() as conn:`` gives it back.
 
         ``trial`` is the circuit breaker's half-open request: if the endpoint has
         been refusing connections, start over with a fresh pool so the attempt is
@@ -278,7 +326,7 @@ class EndpointPool:
                 if not connection_is_dead(conn):
                     with self._lock:
                         self.in_use += 1
-                    return conn, pool
+                    return Lease(self, pool, conn)
                 conn.close()
                 pool.putconn(conn)
         connect_s = self._connect_timeout_s()
@@ -289,7 +337,7 @@ class EndpointPool:
             if not connection_is_dead(conn):
                 with self._lock:
                     self.in_use += 1
-                return conn, pool
+                return Lease(self, pool, conn)
             logger.info("%s: discarding a connection the server closed", self.endpoint.label)
             conn.close()
             pool.putconn(conn)
@@ -340,10 +388,9 @@ class EndpointPool:
                     "lower the load)",
                 )
 
-    def release(self, conn: psycopg.Connection[Any], token: Any) -> None:
+    def _give_back(self, conn: psycopg.Connection[Any], pool: ConnectionPool[Any]) -> None:
         with self._lock:
             self.in_use -= 1
-        pool: ConnectionPool[Any] = token
         pool.putconn(conn)
 
     def _connect_timeout_s(self) -> float:
@@ -359,20 +406,18 @@ class EndpointPool:
 
     # Reporting and shutdown
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> PoolStats:
         raw = self._pool.get_stats()
-        size = raw.get("pool_size", 0)
-        idle = raw.get("pool_available", 0)
-        return {
-            "size": size,
-            "in_use": self.in_use,
-            "idle": idle,
-            "waiting": raw.get("requests_waiting", 0),
-            "min_size": raw.get("pool_min", 0),
-            "max_size": raw.get("pool_max", 0),
-            "connections_opened": raw.get("connections_num", 0),
-            "connection_errors": raw.get("connections_errors", 0),
-        }
+        return PoolStats(
+            size=raw.get("pool_size", 0),
+            in_use=self.in_use,
+            idle=raw.get("pool_available", 0),
+            waiting=raw.get("requests_waiting", 0),
+            min_size=raw.get("pool_min", 0),
+            max_size=raw.get("pool_max", 0),
+            connections_opened=raw.get("connections_num", 0),
+            connection_errors=raw.get("connections_errors", 0),
+        )
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Close idle connections now; busy ones close when their request ends."""

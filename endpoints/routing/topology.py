@@ -18,7 +18,6 @@ stale view for long.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,10 +26,10 @@ from types import MappingProxyType
 from typing import Any
 
 import redis
-from django.conf import settings
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
+from endpoints import coordination
 from endpoints.core.balancing import Candidate
 from endpoints.core.conninfo import ConnectionInfo, StoredRole
 from endpoints.core.crypto import DecryptionError, Secret
@@ -45,12 +44,12 @@ from endpoints.core.retry import RetryPolicy
 
 logger = logging.getLogger("pgwarden.topology")
 
-VERSION_KEY = "pgwarden:topology:version"
+VERSION_KEY = coordination.TOPOLOGY_VERSION_KEY
 VERSION_CHECK_INTERVAL_S = 0.25
 REDIS_DOWN_RELOAD_S = 1.0
 MAX_SNAPSHOT_AGE_S = 30.0
 # Short: this runs inside requests, and a hung Redis must not stall them.
-REDIS_TIMEOUT_S = 0.25
+REDIS_TIMEOUT_S = coordination.REQUEST_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -425,19 +424,18 @@ class Topology:
         if now < self._redis_retry_at:
             return None
         try:
-            raw = self._client().get(VERSION_KEY)
-        except redis.RedisError as exc:
+            version = coordination.read_topology_version(self._client())
+        except coordination.CoordinationError as exc:
             if self._redis_retry_at == 0.0 or now - self._redis_retry_at > 60:
                 logger.warning(
-                    "cannot read the topology version from Redis (%s); reloading from the "
-                    "database every %.0f s until it is back",
+                    "%s; reloading from the database every %.0f s until it is back",
                     exc,
                     REDIS_DOWN_RELOAD_S,
                 )
             self._redis_retry_at = now + REDIS_DOWN_RELOAD_S
             return None
         self._redis_retry_at = 0.0
-        return int(raw) if raw is not None else 0
+        return version
 
     def _client(self) -> redis.Redis:
         if self._redis is None:
@@ -452,49 +450,23 @@ class Topology:
 
 
 def redis_client(url: str | None = None) -> redis.Redis:
-    return redis.Redis.from_url(
-        url or settings.REDIS_URL,
-        socket_timeout=REDIS_TIMEOUT_S,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-    )
-
-
-_bump_client: redis.Redis | None = None
-_bump_warned_at = -1e9
-_local_listeners: list[Callable[[], None]] = []
+    """A client with the request path's short timeouts (see :mod:`endpoints.coordination`)."""
+    return coordination.redis_client(url)
 
 
 def bump_version() -> int | None:
     """Increment the shared version; other processes reload within a second."""
-    global _bump_client, _bump_warned_at
-    try:
-        if _bump_client is None:
-            _bump_client = redis_client()
-        return int(_bump_client.incr(VERSION_KEY))
-    except redis.RedisError as exc:
-        now = time.monotonic()
-        if now - _bump_warned_at > 60:  # once a minute, not once per change
-            _bump_warned_at = now
-            logger.warning(
-                "could not publish a topology change to Redis (%s): other processes pick "
-                "it up within %.0f s (within %.0f s if they cannot reach Redis either)",
-                exc,
-                MAX_SNAPSHOT_AGE_S,
-                REDIS_DOWN_RELOAD_S,
-            )
-        return None
+    return coordination.bump_topology_version()
 
 
 def notify_changed() -> None:
     """Call after committing a change routing depends on (``.update()`` skips signals)."""
-    bump_version()
-    for listener in _local_listeners:
-        listener()
+    coordination.notify_topology_changed()
 
 
 def on_local_change(listener: Callable[[], None]) -> None:
     """Run ``listener`` in this process whenever it changes the topology itself."""
-    _local_listeners.append(listener)
+    coordination.on_local_topology_change(listener)
 
 
 def _changed_on_commit(**kwargs: Any) -> None:
@@ -510,12 +482,3 @@ def connect_signals() -> None:
         uid = f"pgwarden-topology-{model.__name__}"
         post_save.connect(_changed_on_commit, sender=model, dispatch_uid=uid + "-save")
         post_delete.connect(_changed_on_commit, sender=model, dispatch_uid=uid + "-delete")
-
-
-def _reset_bump_client_after_fork() -> None:
-    # A socket inherited from the parent would be shared by two processes.
-    global _bump_client
-    _bump_client = None
-
-
-os.register_at_fork(after_in_child=_reset_bump_client_after_fork)
