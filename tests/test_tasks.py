@@ -6,7 +6,6 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +29,8 @@ from endpoints.models import Cluster, Endpoint, HealthCheck, Role
 from endpoints.tasks import check_connection, dispatch_sweeps, sweep_cluster
 from endpoints.tasks import prune_health_checks as prune_task
 from tests.helpers import ROOT
+from tests.helpers.processes import stop_process
+from tests.helpers.workers import running_beat, running_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -197,71 +198,28 @@ def test_the_prune_task_runs_on_a_worker_with_the_retention_setting(
 # Beat and workers together
 
 
-def _start(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("w") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "celery", "--app=project", *argv],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def threaded_worker(celery_worker: Any) -> Iterator[Any]:
     """A second worker that runs four tasks at once: sweeps could overlap without the lock."""
     hostname = f"pgwarden-test-threads-{os.getpid()}@localhost"
     log_path = ROOT / "var" / f"test-celery-threads-{os.getpid()}.log"
-    worker = _start(
-        [
-            "worker",
-            "--pool=threads",
-            "--concurrency=4",
-            "--loglevel=INFO",
-            "--without-mingle",
-            "--without-gossip",
-            f"--hostname={hostname}",
-        ],
-        log_path,
-    )
-    try:
-        # Stops early when the worker exits: it will not come up then.
-        up_or_exited = poll_until(
-            lambda: (
-                worker.poll() is not None
-                or celery_worker.control.ping(destination=[hostname], timeout=0.5)
-            ),
-            timeout_s=60,
-            interval_s=0,
-        )
-        if not up_or_exited or worker.poll() is not None:
-            pytest.fail(f"the threaded worker did not come up:\n{log_path.read_text()[-3000:]}")
+    options = [
+        "--pool=threads",
+        "--concurrency=4",
+        "--loglevel=INFO",
+        "--without-mingle",
+        "--without-gossip",
+        f"--hostname={hostname}",
+    ]
+    with running_worker(celery_worker, options, log_path, ping_hostname=hostname):
         yield celery_worker
-    finally:
-        _stop(worker)
-        log_path.unlink(missing_ok=True)
 
 
 @pytest.fixture
 def beat(threaded_worker: Any, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``celery beat`` with the project's schedule, for the length of one test."""
-    log_path = tmp_path / "beat.log"
-    process = _start(
-        ["beat", "--loglevel=INFO", f"--schedule={tmp_path / 'celerybeat-schedule'}"], log_path
-    )
-    try:
+    with running_beat(tmp_path / "celerybeat-schedule", tmp_path / "beat.log") as process:
         yield process
-    finally:
-        _stop(process)
 
 
 def sweep_times(cluster: Cluster) -> list[datetime]:
@@ -302,7 +260,7 @@ def test_beat_sweeps_every_cluster_every_second(
     try:
         times = wait_for_sweeps(local_cluster, 6, timeout_s=30)
     finally:
-        _stop(beat)
+        stop_process(beat)
         wait_until_idle(local_cluster)
 
     gaps = sorted(gaps_s(times)[:5])
@@ -324,7 +282,7 @@ def test_sweeps_of_one_cluster_never_overlap_with_beat_and_several_workers(
     try:
         times = wait_for_sweeps(local_cluster, 4, timeout_s=40)
     finally:
-        _stop(beat)
+        stop_process(beat)
         wait_until_idle(local_cluster)
 
     times = sweep_times(local_cluster)
