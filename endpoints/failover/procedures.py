@@ -123,15 +123,9 @@ def _fail_over_locked(
 
 
 def _fail_over_steps(survey: Survey, audit: Audit, to: str | None) -> FailoverEvent:
-    plan = plan_from_survey(survey, to)
-    audit.step("plan", plan.candidate is not None, describe_plan(plan))
-    if plan.candidate is None:
-        return audit.finish(
-            FailoverOutcome.ABORTED,
-            f"nothing promoted: {plan.reason}",
-            severity=AlertSeverity.CRITICAL,
-        )
-    candidate = survey.replica(plan.candidate)
+    candidate = _planned_candidate(survey, audit, to)
+    if isinstance(candidate, FailoverEvent):
+        return candidate  # nothing to promote: the event says why
     if survey.primary is not None and survey.primary_writable:
         try:
             ended = server.refuse_writes(survey.primary)
@@ -149,6 +143,19 @@ def _fail_over_steps(survey: Survey, audit: Audit, to: str | None) -> FailoverEv
             f"{survey.primary.name} still answered: now read-only, {ended} client sessions ended",
         )
     return _promote_and_switch(survey, candidate, audit)
+
+
+def _planned_candidate(survey: Survey, audit: Audit, to: str | None) -> Endpoint | FailoverEvent:
+    """The replica to promote, with the plan recorded as a step; or the aborted event."""
+    plan = plan_from_survey(survey, to)
+    audit.step("plan", plan.candidate is not None, describe_plan(plan))
+    if plan.candidate is None:
+        return audit.finish(
+            FailoverOutcome.ABORTED,
+            f"nothing promoted: {plan.reason}",
+            severity=AlertSeverity.CRITICAL,
+        )
+    return survey.replica(plan.candidate)
 
 
 def _recorded(audit: Audit, steps: Callable[[], FailoverEvent]) -> FailoverEvent:
@@ -325,15 +332,9 @@ def switchover(
 def _switchover_steps(
     survey: Survey, old: Endpoint, audit: Audit, to: str | None, timeout_s: float
 ) -> FailoverEvent:
-    plan = plan_from_survey(survey, to)
-    audit.step("plan", plan.candidate is not None, describe_plan(plan))
-    if plan.candidate is None:
-        return audit.finish(
-            FailoverOutcome.ABORTED,
-            f"nothing promoted: {plan.reason}",
-            severity=AlertSeverity.CRITICAL,
-        )
-    candidate = survey.replica(plan.candidate)
+    candidate = _planned_candidate(survey, audit, to)
+    if isinstance(candidate, FailoverEvent):
+        return candidate  # nothing to promote: the event says why
     try:
         ended = server.refuse_writes(old)
     except FailoverError as exc:
