@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from endpoints.core.crypto import redact
 from endpoints.core.purposes import ASSISTANT_ROLE, ASSISTANT_WRITE_ROLE
 from endpoints.core.vocabulary import Role
 from endpoints.devstack.processes import (
@@ -56,7 +57,6 @@ LOCK_FILE = "cluster.lock"
 _PRE_INIT_ENTRIES = frozenset({LOCK_FILE, "redis"})
 # sun_path is 108 bytes on Linux, including the trailing NUL.
 _MAX_SOCKET_PATH = 107
-_REDACTED = "********"
 
 
 @dataclass(frozen=True)
@@ -218,17 +218,17 @@ class ClusterLayout:
         return self.base_dir / "sockets"
 
     def _redact(self, text: str) -> str:
-        if self._state is not None:
-            state = self._state
-            for secret in (
-                state.password,
-                state.replication_password,
-                state.assistant_password,
-                state.assistant_write_password,
-            ):
-                if secret:
-                    text = text.replace(secret, _REDACTED)
-        return text
+        """``text`` without this cluster's passwords (core.crypto's one redaction)."""
+        if self._state is None:
+            return redact(text)
+        state = self._state
+        return redact(
+            text,
+            state.password,
+            state.replication_password,
+            state.assistant_password,
+            state.assistant_write_password,
+        )
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
