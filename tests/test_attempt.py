@@ -88,7 +88,7 @@ def test_an_attempt_whose_connection_is_lost_records_a_failure(
         assert runtime.endpoint_stats("primary").errors == 1
         assert request.failed["primary"].startswith("connection lost")
         assert "primary" in runtime.suspects
-        assert checkout.breaker.snapshot()["consecutive_failures"] == 1
+        assert checkout.breaker.snapshot().consecutive_failures == 1
     finally:
         pool.close()
 

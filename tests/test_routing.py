@@ -239,8 +239,8 @@ def test_a_stopped_replica_opens_its_circuit_reads_continue_and_it_closes_after_
             result = routing.execute("local", PORT_SQL)
             assert served_by(pg_cluster, result) == "replica2"
         circuit = routing.stats("local").endpoints["replica1"].circuit
-        assert circuit["state"] in ("open", "half_open")
-        assert circuit["opened_count"] >= 1
+        assert circuit.state in ("open", "half_open")
+        assert circuit.opened_count >= 1
         assert routing.stats("local").endpoints["replica1"].errors >= 2
     finally:
         pg_cluster.start()
@@ -250,7 +250,7 @@ def test_a_stopped_replica_opens_its_circuit_reads_continue_and_it_closes_after_
         assert time.monotonic() < deadline, "reads never returned to the restarted replica"
         served.add(served_by(pg_cluster, routing.execute("local", PORT_SQL)))
         time.sleep(0.05)
-    assert routing.stats("local").endpoints["replica1"].circuit["state"] == "closed"
+    assert routing.stats("local").endpoints["replica1"].circuit.state == "closed"
 
 
 def test_a_write_interrupted_by_a_killed_backend_is_reported_unknown_and_not_retried(
@@ -495,7 +495,7 @@ def test_stats_report_per_endpoint_and_totals(cluster: Cluster) -> None:
     assert primary.latency_avg_ms > 0
     assert primary.latency_p95_ms is not None
     assert primary.latency_p95_ms > 0
-    assert primary.circuit["state"] == "closed"
+    assert primary.circuit.state == "closed"
     assert primary.pool is not None
     assert primary.pool.in_use == 0
     assert primary.pool.size >= 1
@@ -792,7 +792,7 @@ def test_sql_errors_on_the_cursor_path_stay_sql_errors_however_often_they_come(
         assert (raised.value.endpoint, raised.value.sqlstate) == ("primary", "22P02")
     stats = routing.stats("local").endpoints
     assert stats["primary"].errors == 0
-    assert stats["primary"].circuit["consecutive_failures"] == 0
+    assert stats["primary"].circuit.consecutive_failures == 0
     assert stats["replica1"].requests + stats["replica2"].requests == 0
     assert routing.execute("local", "SELECT 1 AS one", read_only=True, max_rows=5).rows == [
         {"one": 1}

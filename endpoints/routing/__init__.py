@@ -57,7 +57,7 @@ from endpoints.routing.errors import (
     RoutingError,
     WriteOutcomeUnknown,
 )
-from endpoints.routing.options import DEFAULT_OPTIONS, ExecuteOptions
+from endpoints.routing.options import PLAIN_OPTIONS, ExecuteOptions
 from endpoints.routing.pools import PoolRegistry, PoolStats
 from endpoints.routing.results import ExtendedCursor, QueryResult, extended_cursor
 from endpoints.routing.router import Router
@@ -192,17 +192,18 @@ def execute(
     router = _router if not purpose.assistant else None
     if router is None:
         router = get_router(purpose)
+    options = None
     if (
-        intent == Intent.AUTO
-        and read_preference is None
+        read_preference is None
         and timeout_ms is None
         and max_rows is None
         and min_lsn is None
         and not read_only
         and max_bytes is None
+        and isinstance(intent, str)
     ):
-        options = DEFAULT_OPTIONS  # the usual call: no options object to build
-    else:
+        options = PLAIN_OPTIONS.get(intent)  # the usual call: no options object to build
+    if options is None:
         options = ExecuteOptions(
             intent=intent,
             read_preference=read_preference,

@@ -145,13 +145,11 @@ class Attempt:
             cause = first_line(exc) if exc is not None else "the connection broke"
             record_lost(self._runtime, checkout, self.elapsed_ms, self._request, cause)
         else:
-            record_answered(self._runtime, checkout, self.elapsed_ms)
-
-
-def record_answered(runtime: ClusterRuntime, checkout: Checkout, elapsed_ms: float) -> None:
-    """The server answered (a result or an SQL error): the endpoint is alive."""
-    checkout.breaker.record_success()
-    runtime.record(checkout.endpoint.name, elapsed_ms, error=False, retry=checkout.retry)
+            # The server answered (a result or an SQL error): the endpoint is alive.
+            checkout.breaker.record_success()
+            self._runtime.record(
+                checkout.endpoint.name, self.elapsed_ms, error=False, retry=checkout.retry
+            )
 
 
 def record_lost(

@@ -46,6 +46,14 @@ class ExecuteOptions:
 
 
 DEFAULT_OPTIONS = ExecuteOptions()
+# The plain calls (an intent at most, no other option), checked once: the facade passes
+# these rather than building and checking options on every call, and the router caches
+# its per-statement decisions for them (see Router.execute).
+PLAIN_OPTIONS: dict[str, ExecuteOptions] = {
+    Intent.AUTO: DEFAULT_OPTIONS,
+    Intent.READ: ExecuteOptions(intent=Intent.READ),
+    Intent.WRITE: ExecuteOptions(intent=Intent.WRITE),
+}
 
 
 def check_sql(sql_text: str) -> None:

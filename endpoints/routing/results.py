@@ -134,17 +134,19 @@ def build_result(
         else:
             dict_rows = [dict(zip(columns, row, strict=True)) for row in rows]
     rowcount = cur.rowcount
+    # Positional (in field order: columns, rows, rowcount, truncated, endpoint, role,
+    # elapsed_ms, attempts, column_types, status): half the cost of keywords here.
     return QueryResult(
-        columns=columns,
-        rows=dict_rows,
-        rowcount=rowcount if rowcount >= 0 else len(dict_rows),
-        truncated=truncated,
-        endpoint="",
-        role="",
-        elapsed_ms=0.0,
-        attempts=0,
-        column_types=types,
-        status=cur.statusmessage,
+        columns,
+        dict_rows,
+        rowcount if rowcount >= 0 else len(dict_rows),
+        truncated,
+        "",
+        "",
+        0.0,
+        0,
+        types,
+        cur.statusmessage,
     )
 
 

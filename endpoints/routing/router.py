@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -41,6 +41,7 @@ from endpoints.routing.errors import (
 )
 from endpoints.routing.options import (
     DEFAULT_OPTIONS,
+    PLAIN_OPTIONS,
     ExecuteOptions,
     check_limits,
     check_sql,
@@ -56,7 +57,7 @@ from endpoints.routing.statements import (
     set_local_timeout,
     set_session_timeout,
 )
-from endpoints.routing.stats import ClusterRouting, ClusterRuntime, cluster_stats
+from endpoints.routing.stats import NONE_BLOCKED, ClusterRouting, ClusterRuntime, cluster_stats
 from endpoints.routing.topology import (
     ClusterView,
     EndpointView,
@@ -66,6 +67,8 @@ from endpoints.routing.topology import (
 )
 
 _RECOVERY_CONFLICT = "40001"
+# Statement decisions cached per router; a full cache is emptied, not evicted entry by entry.
+_DECISIONS_MAX = 4096
 _READ_ONLY_TRANSACTION = "25006"
 _CONNECTION_FAILURE = "08006"
 
@@ -93,6 +96,8 @@ class Router:
         self._runtimes: dict[str, ClusterRuntime] = {}
         self._seen: Snapshot | None = None
         self._lock = threading.Lock()
+        # Per statement text (plain calls only): see execute.
+        self._decisions: dict[tuple[str, str, bool, bool], _Decision] = {}
 
     # Public API (the facade's functions delegate here)
 
@@ -104,24 +109,25 @@ class Router:
         options: ExecuteOptions = DEFAULT_OPTIONS,
     ) -> QueryResult:
         check_sql(sql_text)
-        if options is not DEFAULT_OPTIONS:
+        plain = options is PLAIN_OPTIONS.get(options.intent)
+        if not plain:
             options.check()
         view, runtime = self._cluster(cluster)
-        classification = None
-        kind: str
-        if options.intent == Intent.AUTO:
-            classification = classify(
-                sql_text, strict=view.strict_classification, client_placeholders=params is not None
-            )
-            kind = classification.kind
+        if plain:
+            # The usual call: what the statement needs depends only on these, so it is
+            # decided once per statement text, not on every call (a dict lookup instead of
+            # classify's cache, the plan and the options checks).
+            key = (sql_text, options.intent, params is not None, view.strict_classification)
+            decision = self._decisions.get(key) or self._remember(key, params, options, view)
         else:
-            kind = options.intent
-        request = RequestProgress(view.name, kind, _preference(options.read_preference, view))
-        facts = _facts(sql_text, params, classification, view)
-        plan = self._plan(sql_text, options, classification, facts, kind, view)
-        # State left on the connection (SET, LISTEN, a session lock, or the session timeout
-        # an outside-transaction statement needs) must not reach the next caller.
-        discard = facts.session_state or plan.outside_transaction
+            decision = self._decide(sql_text, params, options, view)
+        kind, classification, facts, plan, discard = decision
+        preference = options.read_preference
+        request = RequestProgress(
+            view.name,
+            kind,
+            view.read_preference if preference is None else _preference(preference, view),
+        )
         while True:
             checkout = self._checkout(view, runtime, request, min_lsn=options.min_lsn)
             attempt = Attempt(
@@ -149,6 +155,38 @@ class Router:
             if request.kind == Intent.WRITE and view.has_replicas:
                 result.read_lsn_later(functools.partial(self._read_lsn, checkout.endpoint))
             return _finish(result, checkout, request)
+
+    def _remember(
+        self,
+        key: tuple[str, str, bool, bool],
+        params: Any,
+        options: ExecuteOptions,
+        view: ClusterView,
+    ) -> _Decision:
+        decision = self._decide(key[0], params, options, view)
+        if len(self._decisions) >= _DECISIONS_MAX:
+            self._decisions.clear()  # bounded; refilled by the statements in use
+        self._decisions[key] = decision
+        return decision
+
+    def _decide(
+        self, sql_text: str, params: Any, options: ExecuteOptions, view: ClusterView
+    ) -> _Decision:
+        classification = None
+        kind: str
+        if options.intent == Intent.AUTO:
+            classification = classify(
+                sql_text, strict=view.strict_classification, client_placeholders=params is not None
+            )
+            kind = classification.kind
+        else:
+            kind = options.intent
+        facts = _facts(sql_text, params, classification, view)
+        plan = self._plan(sql_text, options, classification, facts, kind, view)
+        # State left on the connection (SET, LISTEN, a session lock, or the session timeout
+        # an outside-transaction statement needs) must not reach the next caller.
+        discard = facts.session_state or plan.outside_transaction
+        return _Decision(kind, classification, facts, plan, discard)
 
     def _plan(
         self,
@@ -350,7 +388,7 @@ class Router:
             if request.attempts >= policy.max_attempts:
                 raise self._nothing_available(view, runtime, request)
             candidate = self._choose(view, runtime, request)
-            breaker = runtime.breaker(candidate.name)
+            breaker = runtime.breakers.get(candidate.name) or runtime.breaker(candidate.name)
             if not breaker.allow():
                 # Another request took the half-open trial a moment ago.
                 request.ruled_out[candidate.name] = "circuit open (trial request in flight)"
@@ -390,7 +428,7 @@ class Router:
     def _choose(
         self, view: ClusterView, runtime: ClusterRuntime, request: RequestProgress
     ) -> Candidate:
-        blocked = runtime.blocked_circuits()
+        blocked = runtime.blocked_circuits() if runtime.suspects else NONE_BLOCKED
         # Nearest depends on observed latency, which moves with every request.
         cacheable = not (
             request.ruled_out or request.failed or request.read_preference == ReadPreference.NEAREST
@@ -482,6 +520,16 @@ class Router:
             request.attempts = 0
             return True
         return False
+
+
+class _Decision(NamedTuple):
+    """What a statement needs, whatever endpoint runs it: see Router.execute."""
+
+    kind: str
+    classification: Classification | None
+    facts: Classification
+    plan: StatementPlan
+    discard: bool
 
 
 class _TransactionProgress:

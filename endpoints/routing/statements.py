@@ -10,7 +10,7 @@ Errors are psycopg's own; the router turns them into :mod:`endpoints.routing.err
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -22,7 +22,14 @@ from endpoints.routing.cursors import (
     read_capped,
     read_through_cursor,
 )
-from endpoints.routing.results import QueryResult, build_result, cursor_for, fetch, stream_chunk
+from endpoints.routing.pools import TrackedConnection
+from endpoints.routing.results import (
+    ExtendedCursor,
+    QueryResult,
+    build_result,
+    fetch,
+    stream_chunk,
+)
 
 # Schema-qualified: a session's search_path must not pick a function of the same name.
 _LSN_SQL = b"SELECT pg_catalog.pg_current_wal_lsn()::text"
@@ -49,10 +56,13 @@ class StatementPlan:
     # The byte-capped text of the SELECT (see cursors.byte_capped), or None.
     capped: str | None = None
 
-    @property
-    def plain(self) -> bool:
-        """Nothing to set up around the statement: autocommit, one round trip."""
-        return not (self.timeout_ms or self.read_only or self.outside_transaction)
+    # Nothing to set up around the statement: autocommit, one round trip (derived, and
+    # stored rather than a property: read on every request).
+    plain: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        plain = not (self.timeout_ms or self.read_only or self.outside_transaction)
+        object.__setattr__(self, "plain", plain)
 
 
 def run_statement(
@@ -105,21 +115,38 @@ def execute(
     *,
     stream: bool | None = None,
 ) -> QueryResult:
-    cur = cursor_for(conn, extended=plan.extended)
     max_rows = plan.max_rows
     if (plan.stream if stream is None else stream) and max_rows is not None:
         # Single-row mode: stop reading after max_rows + 1 (psycopg cancels the rest),
         # so a huge result is never held in memory.
+        cur = ExtendedCursor(conn) if plan.extended else conn.cursor()
         rows: list[Any] = []
         for row in cur.stream(sql_text, params, size=stream_chunk(max_rows)):
             rows.append(row)
             if len(rows) > max_rows:
                 break
         return build_result(cur, rows, max_rows)
+    cur = _reusable_cursor(conn, plan.extended)
     cur.execute(sql_text, params)
     while cur.nextset():
         pass  # several statements: report the last one
-    return fetch(cur, max_rows=max_rows)
+    result = fetch(cur, max_rows=max_rows)
+    # Read out: the idle connection must not keep this result alive until its next use
+    # (psycopg's own reset, which its next execute would run anyway).
+    cur._reset()
+    return result
+
+
+def _reusable_cursor(conn: psycopg.Connection[Any], extended: bool) -> psycopg.Cursor[Any]:
+    # One cursor per pooled connection, reused by every routed statement on it: building a
+    # cursor (its own adapters map and state) and tearing it down cost more than the rest of
+    # the statement's Python (measured: SELECT 1 on one connection, 48 -> 39 µs per call).
+    cur: psycopg.Cursor[Any] | None = getattr(conn, "routed_cursor", None)
+    if cur is None or cur.closed or (type(cur) is ExtendedCursor) != extended:
+        cur = ExtendedCursor(conn) if extended else conn.cursor()
+        if isinstance(conn, TrackedConnection):
+            conn.routed_cursor = cur
+    return cur
 
 
 def current_lsn(conn: psycopg.Connection[Any]) -> str | None:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from endpoints.core.balancing import Balancer, Selection
-from endpoints.core.retry import CircuitBreaker
+from endpoints.core.retry import CircuitBreaker, CircuitSnapshot
 from endpoints.core.vocabulary import State
 from endpoints.routing.pools import PoolStats
 from endpoints.routing.topology import ClusterView
@@ -153,16 +153,16 @@ class ClusterRuntime:
     def blocked_circuits(self) -> frozenset[str]:
         """Endpoints whose circuit refuses requests right now (cooldown not over)."""
         if not self.suspects:
-            return _NONE_BLOCKED  # the usual case: no connection failure since all closed
+            return NONE_BLOCKED  # the usual case: no connection failure since all closed
         blocked = []
         for name in list(self.suspects):
             breaker = self.breakers[name]
             if breaker.state == "closed":
-                if not breaker.snapshot()["consecutive_failures"]:
+                if not breaker.snapshot().consecutive_failures:
                     self.suspects.discard(name)
             elif _refusing(breaker):
                 blocked.append(name)
-        return frozenset(blocked) if blocked else _NONE_BLOCKED
+        return frozenset(blocked) if blocked else NONE_BLOCKED
 
     def connection_failed(self, name: str, error: str) -> None:
         self.breaker(name).record_failure()
@@ -170,19 +170,20 @@ class ClusterRuntime:
         self.last_errors[name] = error
 
     def record(self, name: str, latency_ms: float, *, error: bool, retry: bool) -> None:
-        stats = self.endpoint_stats(name)
+        stats = self.stats.get(name) or self.endpoint_stats(name)  # runs on every request
         stats.record(latency_ms, error=error, retry=retry)
         if stats.latency_avg_ms is not None:
             self.latency_ms[name] = stats.latency_avg_ms
 
 
-_NONE_BLOCKED: frozenset[str] = frozenset()
+# No circuit blocked: the usual answer, one shared object (cached selections key on it).
+NONE_BLOCKED: frozenset[str] = frozenset()
 
 
 def _refusing(breaker: CircuitBreaker) -> bool:
     if breaker.state == "half_open":
         return True  # its one trial request is in flight
-    return float(breaker.snapshot()["open_for_s"]) > 0  # type: ignore[arg-type]
+    return breaker.snapshot().open_for_s > 0
 
 
 # What routing.stats() returns
@@ -205,14 +206,11 @@ class EndpointRouting:
     retries: int
     latency_avg_ms: float | None
     latency_p95_ms: float | None
-    # The circuit breaker's snapshot: state, consecutive_failures, opened_count, open_for_s.
-    circuit: Mapping[str, Any]
+    circuit: CircuitSnapshot
     pool: PoolStats | None
 
     def as_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["circuit"] = dict(self.circuit)
-        return data
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
