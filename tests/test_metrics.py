@@ -7,6 +7,7 @@ two separate web processes must report the same registry values.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -486,7 +487,7 @@ def test_separate_web_processes_report_the_same_registry_values(
             servers.append((port, process))
         for port, process in servers:
             answer = poll_until(
-                lambda port=port, process=process: _healthz_or_exit(port, process),
+                functools.partial(_healthz_or_exit, port, process),
                 timeout_s=30,
                 interval_s=0.1,
             )

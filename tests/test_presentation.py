@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from endpoints.core.retry import CircuitSnapshot
 from endpoints.models import Alert, Cluster, Endpoint, FailoverEvent, HealthCheck, Role, State
 from endpoints.routing.pools import PoolStats
 from endpoints.routing.stats import ClusterRouting, EndpointRouting, RoutingTotals
@@ -175,7 +176,14 @@ def _routing_stats(name: str) -> ClusterRouting:
         retries=2,
         latency_avg_ms=0.42,
         latency_p95_ms=None,
-        circuit={"state": "half_open"},
+        circuit=CircuitSnapshot(
+            state="half_open",
+            consecutive_failures=3,
+            failure_threshold=3,
+            cooldown_s=5.0,
+            open_for_s=0.0,
+            opened_count=1,
+        ),
         pool=PoolStats(
             size=2,
             in_use=1,

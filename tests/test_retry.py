@@ -6,13 +6,15 @@ is seeded.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
+from dataclasses import asdict
 from typing import Any
 
 import pytest
 
-from endpoints.core.retry import CircuitBreaker, RetryPolicy, retry_delay_s
+from endpoints.core.retry import CircuitBreaker, CircuitSnapshot, RetryPolicy, retry_delay_s
 from endpoints.core.vocabulary import RetryStrategy, values
 
 RETRY_STRATEGIES = values(RetryStrategy)
@@ -288,7 +290,7 @@ def test_success_resets_the_consecutive_count() -> None:
     breaker.record_failure()
 
     assert breaker.state == "closed"
-    assert breaker.snapshot()["consecutive_failures"] == 2
+    assert breaker.snapshot().consecutive_failures == 2
     breaker.record_failure()
     assert breaker.state == "open"
 
@@ -330,7 +332,7 @@ def test_trial_success_closes_the_circuit() -> None:
     assert breaker.state == "closed"
     assert breaker.allow()
     assert breaker.allow()
-    assert breaker.snapshot()["consecutive_failures"] == 0
+    assert breaker.snapshot().consecutive_failures == 0
 
 
 def test_trial_failure_reopens_for_a_fresh_cooldown() -> None:
@@ -369,7 +371,7 @@ def test_release_changes_nothing_outside_half_open() -> None:
     breaker = CircuitBreaker(failure_threshold=2, clock=clock)
     breaker.record_failure()
     breaker.release()
-    assert breaker.snapshot()["consecutive_failures"] == 1
+    assert breaker.snapshot().consecutive_failures == 1
     assert breaker.state == "closed"
 
     breaker.record_failure()
@@ -387,7 +389,7 @@ def test_failures_while_open_do_not_extend_the_cooldown() -> None:
     clock.advance(2.0)
 
     assert breaker.allow()
-    assert breaker.snapshot()["opened_count"] == 1
+    assert breaker.snapshot().opened_count == 1
 
 
 def test_a_late_success_while_open_closes_the_circuit() -> None:
@@ -423,7 +425,7 @@ def _opened(clock: FakeClock) -> CircuitBreaker:
 def test_snapshot_of_a_new_breaker() -> None:
     breaker = CircuitBreaker(failure_threshold=4, cooldown_s=2.5, clock=FakeClock())
 
-    assert breaker.snapshot() == {
+    assert asdict(breaker.snapshot()) == {
         "state": "closed",
         "consecutive_failures": 0,
         "failure_threshold": 4,
@@ -433,12 +435,33 @@ def test_snapshot_of_a_new_breaker() -> None:
     }
 
 
+def test_snapshot_is_a_frozen_value_with_the_json_shape_status_pages_show() -> None:
+    breaker = CircuitBreaker(failure_threshold=2, cooldown_s=1.0, clock=FakeClock())
+    breaker.record_failure()
+    snapshot = breaker.snapshot()
+
+    assert isinstance(snapshot, CircuitSnapshot)
+    assert list(asdict(snapshot)) == [
+        "state",
+        "consecutive_failures",
+        "failure_threshold",
+        "cooldown_s",
+        "open_for_s",
+        "opened_count",
+    ]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snapshot.state = "open"  # type: ignore[misc]
+    breaker.record_failure()
+    # A snapshot is a copy: the breaker opening afterwards does not change it.
+    assert (snapshot.state, breaker.snapshot().state) == ("closed", "open")
+
+
 def test_snapshot_through_a_full_cycle() -> None:
     clock = FakeClock()
     breaker = _opened(clock)
     clock.advance(1.5)
 
-    assert breaker.snapshot() == {
+    assert asdict(breaker.snapshot()) == {
         "state": "open",
         "consecutive_failures": 3,
         "failure_threshold": 3,
@@ -448,24 +471,24 @@ def test_snapshot_through_a_full_cycle() -> None:
     }
 
     clock.advance(10.0)
-    assert breaker.snapshot()["open_for_s"] == 0.0
-    assert breaker.snapshot()["state"] == "open"
+    assert breaker.snapshot().open_for_s == 0.0
+    assert breaker.snapshot().state == "open"
 
     assert breaker.allow()
-    assert breaker.snapshot()["state"] == "half_open"
-    assert breaker.snapshot()["open_for_s"] == 0.0
+    assert breaker.snapshot().state == "half_open"
+    assert breaker.snapshot().open_for_s == 0.0
 
     breaker.record_failure()
     snapshot = breaker.snapshot()
-    assert snapshot["state"] == "open"
-    assert snapshot["consecutive_failures"] == 4
-    assert snapshot["open_for_s"] == 5.0
-    assert snapshot["opened_count"] == 2
+    assert snapshot.state == "open"
+    assert snapshot.consecutive_failures == 4
+    assert snapshot.open_for_s == 5.0
+    assert snapshot.opened_count == 2
 
     clock.advance(5.0)
     assert breaker.allow()
     breaker.record_success()
-    assert breaker.snapshot() == {
+    assert asdict(breaker.snapshot()) == {
         "state": "closed",
         "consecutive_failures": 0,
         "failure_threshold": 3,
@@ -488,7 +511,7 @@ def test_reconfigure_changes_threshold_and_cooldown() -> None:
     clock.advance(1.0)
     assert breaker.allow()
     snapshot = breaker.snapshot()
-    assert (snapshot["failure_threshold"], snapshot["cooldown_s"]) == (2, 1.0)
+    assert (snapshot.failure_threshold, snapshot.cooldown_s) == (2, 1.0)
 
 
 def test_reconfigure_applies_a_new_cooldown_to_an_open_circuit() -> None:
@@ -497,7 +520,7 @@ def test_reconfigure_applies_a_new_cooldown_to_an_open_circuit() -> None:
     clock.advance(2.0)
 
     breaker.reconfigure(failure_threshold=3, cooldown_s=30.0)
-    assert breaker.snapshot()["open_for_s"] == pytest.approx(28.0)
+    assert breaker.snapshot().open_for_s == pytest.approx(28.0)
     assert not breaker.allow()
 
     breaker.reconfigure(failure_threshold=3, cooldown_s=1.0)
@@ -530,7 +553,7 @@ def test_settings_are_validated(threshold: int, cooldown: float, message: str) -
     breaker = CircuitBreaker()
     with pytest.raises(ValueError, match=message):
         breaker.reconfigure(threshold, cooldown)
-    assert breaker.snapshot()["failure_threshold"] == 3
+    assert breaker.snapshot().failure_threshold == 3
 
 
 def test_default_clock_is_monotonic_time() -> None:
@@ -538,7 +561,7 @@ def test_default_clock_is_monotonic_time() -> None:
     breaker.record_failure()
 
     assert not breaker.allow()
-    open_for_s = breaker.snapshot()["open_for_s"]
+    open_for_s = breaker.snapshot().open_for_s
     assert isinstance(open_for_s, float)
     assert 3599.0 < open_for_s <= 3600.0
 
@@ -593,6 +616,6 @@ def test_concurrent_failures_open_the_circuit_once_and_count_every_failure() -> 
         thread.join()
 
     snapshot = breaker.snapshot()
-    assert snapshot["consecutive_failures"] == threads_count * failures_each
-    assert snapshot["opened_count"] == 1
-    assert snapshot["state"] == "open"
+    assert snapshot.consecutive_failures == threads_count * failures_each
+    assert snapshot.opened_count == 1
+    assert snapshot.state == "open"

@@ -121,6 +121,24 @@ def _exponential_ceiling_ms(policy: RetryPolicy, retry_number: int) -> float:
     return min(float(cap_ms), initial_ms * policy.multiplier**exponent)
 
 
+@dataclass(frozen=True, slots=True)
+class CircuitSnapshot:
+    """One breaker's state at one moment, as status pages, metrics and MCP tools show it.
+
+    ``dataclasses.asdict`` (and pydantic) give the JSON shape: the six fields by name.
+    """
+
+    #: ``"closed"``, ``"open"`` or ``"half_open"``.
+    state: str
+    consecutive_failures: int
+    failure_threshold: int
+    cooldown_s: float
+    #: Seconds of cooldown left while open; 0.0 when closed, half-open or the cooldown is over.
+    open_for_s: float
+    #: Times the circuit opened since the breaker was made.
+    opened_count: int
+
+
 class CircuitBreaker:
     """Per endpoint, per process, thread-safe.
 
@@ -226,21 +244,21 @@ class CircuitBreaker:
             self._failure_threshold = failure_threshold
             self._cooldown_s = cooldown_s
 
-    def snapshot(self) -> dict[str, object]:
-        """The breaker's state for status pages and the MCP server."""
+    def snapshot(self) -> CircuitSnapshot:
+        """The breaker's state for status pages, metrics and the MCP server."""
         with self._lock:
             open_for_s = 0.0
             if self._state == OPEN:
                 elapsed = self._clock() - self._opened_at
                 open_for_s = max(0.0, self._cooldown_s - elapsed)
-            return {
-                "state": self._state,
-                "consecutive_failures": self._consecutive_failures,
-                "failure_threshold": self._failure_threshold,
-                "cooldown_s": self._cooldown_s,
-                "open_for_s": open_for_s,
-                "opened_count": self._opened_count,
-            }
+            return CircuitSnapshot(
+                state=self._state,
+                consecutive_failures=self._consecutive_failures,
+                failure_threshold=self._failure_threshold,
+                cooldown_s=self._cooldown_s,
+                open_for_s=open_for_s,
+                opened_count=self._opened_count,
+            )
 
     def _open(self) -> None:
         # Caller holds the lock.

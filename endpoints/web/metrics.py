@@ -24,7 +24,7 @@ import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from django.db import DatabaseError
 from django.db.models import Count, OuterRef, Subquery
@@ -484,9 +484,8 @@ class _RouterFamilies:
         self.latency.add_metric(labels, *_histogram(snapshot))
         current, opened_count = CLOSED, 0
         if breaker is not None:
-            breaker_state = breaker.snapshot()
-            current = str(breaker_state["state"])
-            opened_count = cast(int, breaker_state["opened_count"])
+            circuit = breaker.snapshot()
+            current, opened_count = circuit.state, circuit.opened_count
         for name in CIRCUIT_STATES:
             self.circuit.add_metric([*labels, name], int(current == name))
         self.opened.add_metric(labels, opened_count)

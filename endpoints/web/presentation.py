@@ -105,7 +105,7 @@ def routing_stats_table(stats: ClusterRouting) -> SafeString:
             "available": "yes" if e.available else "no",
             "latency_avg": ms_text(e.latency_avg_ms),
             "latency_p95": ms_text(e.latency_p95_ms),
-            "circuit": str(e.circuit["state"]).replace("_", "-"),
+            "circuit": e.circuit.state.replace("_", "-"),
             "pool": _pool_text(e.pool),
         }
         for name, e in stats.endpoints.items()

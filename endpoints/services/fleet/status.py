@@ -19,6 +19,7 @@ from endpoints import control, routing
 from endpoints.core.conninfo import ConnectionInfo
 from endpoints.core.crypto import redact
 from endpoints.core.purposes import ASSISTANT_READ, Purpose
+from endpoints.core.retry import CircuitSnapshot
 from endpoints.core.vocabulary import AlertKind, AlertSeverity, ReadPreference, Role, State
 from endpoints.core.vocabulary import Strategy as LoadBalancing
 from endpoints.health.probe import ProbeResult, probe_async
@@ -189,7 +190,7 @@ class EndpointStatus(Result):
     retries: int = 0
     latency_avg_ms: float | None = None
     latency_p95_ms: float | None = None
-    circuit: dict[str, Any] | None = Field(default=None, description="The circuit breaker.")
+    circuit: CircuitSnapshot | None = Field(default=None, description="The circuit breaker.")
     pool: PoolStats | None = Field(default=None, description="This process's pool.")
     # What the health checks recorded.
     last_latency_ms: float | None
@@ -237,7 +238,7 @@ def _router_fields(routed: EndpointRouting | None) -> dict[str, Any]:
         "retries": routed.retries,
         "latency_avg_ms": routed.latency_avg_ms,
         "latency_p95_ms": routed.latency_p95_ms,
-        "circuit": dict(routed.circuit),
+        "circuit": routed.circuit,
         "pool": routed.pool,
     }
 
