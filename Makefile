@@ -24,8 +24,8 @@ help:
 	@echo "              web, worker and beat on http://$(HOST):$(PORT)/admin/ until Ctrl-C"
 	@echo "make test     install what is missing (chromium too, for the dashboard's browser"
 	@echo "              test), then ruff, mypy and the whole test suite"
-	@echo "make test-unit  the pure tests only (no PostgreSQL, Redis, Celery or browser);"
-	@echo "              needs only the virtualenv, runs in under 30 s"
+	@echo "make test-unit  the pure tests only (no PostgreSQL, Redis, Celery, browser, child"
+	@echo "              process or socket); needs only the virtualenv, runs in under 30 s"
 	@echo "make bench    performance targets side by side (routing overhead, classification,"
 	@echo "              throughput) on a throwaway local cluster; prints a table"
 	@echo "make lint     ruff (lint and format check), mypy and lint-imports (the layer contracts)"
@@ -38,9 +38,11 @@ run: setup
 test: setup browser-packages lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# Tests marked `servers` (tests/conftest.py marks them) are left out, so nothing is started.
+# Pure tests only: those marked `servers` or `processes` (tests/helpers/markers.py) are left
+# out, so nothing is started. Two pytest-xdist workers: nothing shared between the tests
+# here (`make test` runs in one process: its server tests share session clusters).
 test-unit: $(VENV)/.installed
-	$(BIN)/pytest -m "not servers" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not servers and not processes" -n 2 $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -4,8 +4,9 @@ The real servers (a PostgreSQL primary with two streaming replicas, Redis, Celer
 session fixtures, so they start only when a collected test asks for one, once per
 session, on free loopback ports, with the same code ``make run`` uses; they are torn
 down at the end. Every test that needs one, directly or through another fixture, is
-marked ``servers`` at collection: ``pytest -m "not servers"`` (``make test-unit``)
-starts none of them.
+marked ``servers`` at collection, and every test that opens a local port through
+``silent_port``/``closed_port`` is marked ``processes``: ``make test-unit`` (``pytest -m
+"not servers and not processes"``) starts none of them (tests/helpers/markers.py).
 """
 
 from __future__ import annotations
@@ -15,23 +16,51 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from endpoints.devstack.localcluster import LocalPostgresCluster, LocalRedis, SilentListener
 from tests.helpers import ROOT
 from tests.helpers.cluster import running_cluster, running_redis
-from tests.helpers.markers import SERVER_FIXTURES, deselects_servers
+from tests.helpers.markers import (
+    PROCESS_FIXTURES,
+    SERVER_FIXTURES,
+    ImpurityWatch,
+    deselects_processes,
+    deselects_servers,
+)
 from tests.helpers.registry import register_with_table_t
 from tests.helpers.workers import CeleryDidNotStart, running_beat, running_worker
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``servers`` every test whose fixtures start a real server."""
+    """Mark ``servers``/``processes`` every test whose fixtures start a server/a child or socket."""
     for item in items:
-        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        fixtures = getattr(item, "fixturenames", ())
+        if SERVER_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.servers)
+        if PROCESS_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.processes)
+
+
+@pytest.fixture(autouse=True)
+def _pure_tests_stay_pure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In ``make test-unit``'s run, fail a test that opened a network socket or a child."""
+    markexpr = request.config.getoption("markexpr") or ""
+    if not (deselects_servers(markexpr) and deselects_processes(markexpr)):
+        yield
+        return
+    from django.conf import settings
+
+    redis_url = urlsplit(settings.REDIS_URL)
+    watch = ImpurityWatch(refused_at=[(redis_url.hostname or "", redis_url.port or 6379)])
+    watch.install(request.getfixturevalue("monkeypatch"))
+    yield
+    complaint = watch.complaint(request.node.nodeid)
+    if complaint:
+        pytest.fail(complaint)
 
 
 def _refuse_without_servers(request: pytest.FixtureRequest) -> None:

@@ -347,6 +347,7 @@ def test_evaluate_leaves_alerts_it_does_not_own_alone() -> None:
 
 
 @pytest.mark.django_db
+@pytest.mark.processes
 def test_the_webhook_receives_the_alert_as_json(receiver: Receiver) -> None:
     cluster = Cluster.objects.create(name="web")
     endpoint = Endpoint.objects.create(cluster=cluster, name="pg1", host="10.0.0.1")
@@ -384,6 +385,7 @@ def test_the_webhook_receives_the_alert_as_json(receiver: Receiver) -> None:
 
 
 @pytest.mark.django_db
+@pytest.mark.processes
 def test_webhook_deliveries_arrive_in_the_order_alerts_were_raised_and_cleared(
     receiver: Receiver,
 ) -> None:
@@ -415,6 +417,7 @@ def test_a_webhook_that_hangs_never_blocks_and_its_failure_is_logged_without_the
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("status", [404, 500])
+@pytest.mark.processes
 def test_a_webhook_error_status_is_logged(
     receiver: Receiver, pgwarden_logs: pytest.LogCaptureFixture, status: int
 ) -> None:
@@ -471,6 +474,7 @@ class _RequestLogHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("status", [307, 302, 301, 303, 308])
+@pytest.mark.processes
 def test_a_webhook_redirect_is_not_followed_and_is_logged_without_the_token(
     settings: Any, pgwarden_logs: pytest.LogCaptureFixture, status: int
 ) -> None:

@@ -418,6 +418,7 @@ def test_too_long_sql_is_a_write_without_parsing() -> None:
     assert "too long" in result.reason
 
 
+@pytest.mark.processes
 def test_deeply_nested_sql_does_not_crash_the_process() -> None:
     # pglast converts the tree with C recursion; on a default thread stack a chain this deep
     # overflows it and kills the process. Run in a child so that a regression fails this test

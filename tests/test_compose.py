@@ -34,6 +34,9 @@ from endpoints.management.commands.register_cluster import Command as RegisterCl
 from project.env import VARIABLES
 from tests.helpers import ROOT
 
+# Every test reads what the `docker compose` binary (a child process) makes of the file.
+pytestmark = pytest.mark.processes
+
 # The binary itself: the package's console script (.venv/bin/docker-compose) exits 0
 # whatever the binary returns.
 COMPOSE = Path(str(importlib.resources.files("compose") / "docker-compose"))

@@ -82,6 +82,7 @@ def configuration_error(result: subprocess.CompletedProcess[str], name: str) -> 
 # manage.py check
 
 
+@pytest.mark.processes
 def test_a_valid_environment_passes_check(tmp_path: Path) -> None:
     result = check(tmp_path)
 
@@ -89,12 +90,14 @@ def test_a_valid_environment_passes_check(tmp_path: Path) -> None:
     assert "System check identified no issues" in result.stdout
 
 
+@pytest.mark.processes
 def test_missing_secret_key_is_named(tmp_path: Path) -> None:
     line = configuration_error(check(tmp_path, SECRET_KEY=None), "SECRET_KEY")
 
     assert "SECRET_KEY is not set" in line
 
 
+@pytest.mark.processes
 def test_short_secret_key_is_named_and_not_echoed(tmp_path: Path) -> None:
     line = configuration_error(check(tmp_path, SECRET_KEY="short-secret-k3y"), "SECRET_KEY")
 
@@ -102,12 +105,14 @@ def test_short_secret_key_is_named_and_not_echoed(tmp_path: Path) -> None:
     assert "short-secret-k3y" not in line
 
 
+@pytest.mark.processes
 def test_malformed_debug_is_named_and_quoted(tmp_path: Path) -> None:
     line = configuration_error(check(tmp_path, DEBUG="maybe"), "DEBUG")
 
     assert "'maybe' is not a boolean" in line
 
 
+@pytest.mark.processes
 def test_database_url_with_a_bad_scheme_is_named_without_the_url(tmp_path: Path) -> None:
     url = f"mysql://pgwarden:{DB_PASSWORD}@db.example.com:3306/pgwarden"
 
@@ -128,6 +133,7 @@ def test_database_url_with_a_bad_scheme_is_named_without_the_url(tmp_path: Path)
         f"postgres://pgwarden:{DB_PASSWORD}[x@127.0.0.1:5432/pgwarden",
     ],
 )
+@pytest.mark.processes
 def test_unparsable_database_url_is_named_without_the_password(tmp_path: Path, url: str) -> None:
     line = configuration_error(check(tmp_path, DATABASE_URL=url), "DATABASE_URL")
 
@@ -135,6 +141,7 @@ def test_unparsable_database_url_is_named_without_the_password(tmp_path: Path, u
     assert "percent-encode" in line
 
 
+@pytest.mark.processes
 def test_malformed_redis_url_is_named_without_the_url(tmp_path: Path) -> None:
     url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:not-a-port/0"
 
@@ -144,6 +151,7 @@ def test_malformed_redis_url_is_named_without_the_url(tmp_path: Path) -> None:
     assert "not-a-port" not in line
 
 
+@pytest.mark.processes
 def test_bad_encryption_key_is_named_without_the_key(tmp_path: Path) -> None:
     bad_key = "not-a-fernet-key-Wd55"
 
@@ -157,6 +165,7 @@ def test_bad_encryption_key_is_named_without_the_key(tmp_path: Path) -> None:
     assert VALID_KEY not in line
 
 
+@pytest.mark.processes
 def test_missing_encryption_keys_are_named(tmp_path: Path) -> None:
     line = configuration_error(
         check(tmp_path, PGWARDEN_ENCRYPTION_KEYS=None), "PGWARDEN_ENCRYPTION_KEYS"
@@ -165,12 +174,14 @@ def test_missing_encryption_keys_are_named(tmp_path: Path) -> None:
     assert "is not set" in line
 
 
+@pytest.mark.processes
 def test_unknown_time_zone_is_named(tmp_path: Path) -> None:
     line = configuration_error(check(tmp_path, TIME_ZONE="Mars/Olympus_Mons"), "TIME_ZONE")
 
     assert "'Mars/Olympus_Mons' is not a known time zone" in line
 
 
+@pytest.mark.processes
 def test_env_file_fills_in_what_the_environment_lacks(tmp_path: Path) -> None:
     env_file = tmp_path / "pgwarden.env"
     env_file.write_text(f"SECRET_KEY={VALID_SECRET_KEY}\nDEBUG=maybe\n")
@@ -188,6 +199,7 @@ def test_env_file_fills_in_what_the_environment_lacks(tmp_path: Path) -> None:
     assert "shorter than 32 characters" in line
 
 
+@pytest.mark.processes
 def test_an_mcp_timeout_out_of_range_stops_start_up_with_the_range(tmp_path: Path) -> None:
     line = configuration_error(
         check(tmp_path, PGWARDEN_MCP_MAX_TIMEOUT_MS="500"), "PGWARDEN_MCP_MAX_TIMEOUT_MS"
@@ -196,12 +208,14 @@ def test_an_mcp_timeout_out_of_range_stops_start_up_with_the_range(tmp_path: Pat
     assert "'500' is under the minimum: use a whole number from 1000 to 3600000" in line
 
 
+@pytest.mark.processes
 def test_a_malformed_https_flag_stops_start_up(tmp_path: Path) -> None:
     line = configuration_error(check(tmp_path, PGWARDEN_HTTPS="tls"), "PGWARDEN_HTTPS")
 
     assert "'tls' is not a boolean" in line
 
 
+@pytest.mark.processes
 def test_makemigrations_reports_no_missing_migrations(tmp_path: Path) -> None:
     result = run_manage(
         "makemigrations",

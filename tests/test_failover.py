@@ -487,6 +487,7 @@ def test_a_manual_failover_of_a_live_primary_makes_it_read_only_first(
     )
 
 
+@pytest.mark.processes
 def test_failover_help_documents_every_option() -> None:
     result = run_manage("failover", "--help")
     assert result.returncode == 0, result.stderr

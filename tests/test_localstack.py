@@ -31,6 +31,7 @@ def _wait_for_file(path: Path, timeout_s: float = 10) -> str:
     return text
 
 
+@pytest.mark.processes
 def test_shutdown_stops_children_then_runs_cleanups_in_reverse(tmp_path: Path) -> None:
     supervisor = Supervisor()
     order: list[str] = []
@@ -61,6 +62,7 @@ def test_a_failing_cleanup_does_not_stop_the_others() -> None:
     assert ran == ["kept"]
 
 
+@pytest.mark.processes
 def test_a_child_ignoring_sigterm_is_killed_with_its_grandchildren(tmp_path: Path) -> None:
     grandchild_pid = tmp_path / "grandchild.pid"
     # The child starts a grandchild that ignores SIGTERM, then ignores SIGTERM itself.
@@ -88,6 +90,7 @@ def test_a_child_ignoring_sigterm_is_killed_with_its_grandchildren(tmp_path: Pat
     )
 
 
+@pytest.mark.processes
 def test_wait_returns_the_name_of_a_child_that_exits() -> None:
     supervisor = Supervisor()
     supervisor.spawn("steady", _python("import time; time.sleep(60)"))
@@ -98,6 +101,7 @@ def test_wait_returns_the_name_of_a_child_that_exits() -> None:
         supervisor.shutdown()
 
 
+@pytest.mark.processes
 def test_wait_returns_none_on_sigterm_and_restores_the_handler() -> None:
     supervisor = Supervisor()
     supervisor.spawn("steady", _python("import time; time.sleep(60)"))
@@ -112,6 +116,7 @@ def test_wait_returns_none_on_sigterm_and_restores_the_handler() -> None:
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.processes
 def test_a_missing_program_is_a_clear_error() -> None:
     supervisor = Supervisor()
 

@@ -1,13 +1,14 @@
-"""The ``servers`` marker: on every test that needs a real server, on no pure test.
+"""The ``servers`` and ``processes`` markers: on every test that is not pure, on no pure test.
 
-``make test-unit`` runs ``pytest -m "not servers"`` and must start nothing: these tests
-check the marking the suite relies on (tests/conftest.py marks by fixture closure, modules
-that start servers themselves say so) and that the target selects by it.
+``make test-unit`` runs ``pytest -m "not servers and not processes"`` and must start
+nothing: no server, no child process, no socket. These tests check the marking the suite
+relies on (tests/conftest.py marks by fixture closure, modules and tests that start one
+themselves say so) and that the target selects by it.
 """
 
 from __future__ import annotations
 
-import ast
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,22 +16,21 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.markers import SERVER_FIXTURES, UNIT_EXPRESSION, deselects_servers
+from tests.helpers.markers import (
+    UNIT_EXPRESSION,
+    ImpurityWatch,
+    deselects_processes,
+    deselects_servers,
+    unmarked_starters,
+)
 
 TESTS = ROOT / "tests"
 
-# Calls that start a server (or a browser) when a test makes them itself.
-SERVER_STARTERS = frozenset(
-    {"LocalPostgresCluster", "LocalRedis", "running_cluster", "running_redis", "Chrome"}
-)
-# Fixtures from tests/conftest.py whose closure holds a server fixture.
-SERVER_BACKED = SERVER_FIXTURES | {"local_cluster", "fresh_router", "celery_beat"}
 
-
-def servers_collected(*paths: str) -> set[str]:
-    """The node ids ``pytest --collect-only -m servers PATHS`` selects, in a child process."""
+def servers_collected(*paths: str, marker: str = "servers") -> set[str]:
+    """The node ids ``pytest --collect-only -m MARKER PATHS`` selects, in a child process."""
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "servers", *paths],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", marker, *paths],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -47,6 +47,7 @@ def defined(node_id: str) -> bool:
     return f"def {name}(" in (ROOT / path).read_text()
 
 
+@pytest.mark.processes
 def test_tests_that_use_a_server_fixture_are_marked_and_the_others_are_not() -> None:
     # One child for all: each pytest start-up costs seconds of `make test-unit`'s 30.
     servers = servers_collected(
@@ -75,53 +76,26 @@ def test_tests_that_use_a_server_fixture_are_marked_and_the_others_are_not() -> 
     assert "tests/test_bench.py::test_bench_quick_run_prints_every_target_with_a_ratio" in servers
 
 
-def _marks_module_servers(tree: ast.Module) -> bool:
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(target, ast.Name) and target.id == "pytestmark" for target in node.targets
-        ):
-            return "pytest.mark.servers" in ast.unparse(node.value)
-    return False
+@pytest.mark.processes
+def test_tests_that_open_a_port_by_fixture_are_marked_processes_and_the_others_are_not() -> None:
+    processes = servers_collected(
+        "tests/test_probe.py", "tests/test_coordination.py", marker="processes"
+    )
+
+    # silent_port (conftest) directly; test_coordination's `unreachable` -> closed_port.
+    assert "tests/test_probe.py::test_probe_of_a_silent_port_gives_up_at_the_timeout" in processes
+    assert (
+        "tests/test_coordination.py::test_without_redis_locks_and_claims_raise_coordination_errors"
+        in processes
+    )
+    pure = "tests/test_probe.py::test_walsenders_are_read_from_the_json_the_probe_returns"
+    assert defined(pure)
+    assert pure not in processes
 
 
-def _called_names(function: ast.AST) -> set[str]:
-    names = set()
-    for node in ast.walk(function):
-        if isinstance(node, ast.Call):
-            called = node.func
-            if isinstance(called, ast.Attribute):
-                names.add(called.attr)
-            elif isinstance(called, ast.Name):
-                names.add(called.id)
-    return names
-
-
-def unmarked_server_starters(path: Path) -> list[str]:
-    """Functions in ``path`` that start a server without any way to be marked ``servers``.
-
-    A function is covered when its module or the function itself is marked, or when it
-    takes a server-backed fixture (its test is then marked by fixture closure).
-    """
-    tree = ast.parse(path.read_text(), filename=str(path))
-    if _marks_module_servers(tree):
-        return []
-    found = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            continue
-        if not SERVER_STARTERS & _called_names(node):
-            continue
-        if any("pytest.mark.servers" in ast.unparse(mark) for mark in node.decorator_list):
-            continue
-        parameters = {argument.arg for argument in node.args.args}
-        if not parameters & SERVER_BACKED:
-            found.append(f"{path.name}::{node.name}")
-    return found
-
-
-def test_every_module_that_starts_servers_itself_marks_its_tests() -> None:
+def test_every_test_that_starts_a_server_or_a_child_is_marked() -> None:
     unmarked = [
-        name for path in sorted(TESTS.glob("test_*.py")) for name in unmarked_server_starters(path)
+        name for path in sorted(TESTS.glob("test_*.py")) for name in unmarked_starters(path)
     ]
 
     assert unmarked == []
@@ -136,14 +110,132 @@ def test_the_scan_finds_a_server_started_by_hand(tmp_path: Path) -> None:
         "    LocalPostgresCluster(pg_cluster.base_dir).status()\n"
     )
 
-    assert unmarked_server_starters(module) == ["test_by_hand.py::test_starts_one"]
+    assert unmarked_starters(module) == ["test_by_hand.py::test_starts_one"]
     marked_test = module.read_text().replace(
         "def test_starts", "@pytest.mark.servers\ndef test_starts"
     )
     module.write_text(marked_test)
-    assert unmarked_server_starters(module) == []
+    assert unmarked_starters(module) == []
     module.write_text("import pytest\npytestmark = pytest.mark.servers\n" + module.read_text())
-    assert unmarked_server_starters(module) == []
+    assert unmarked_starters(module) == []
+
+
+def test_a_child_marked_processes_still_needs_servers_to_start_a_server(tmp_path: Path) -> None:
+    module = tmp_path / "test_both.py"
+    module.write_text(
+        "import pytest\n"
+        "pytestmark = pytest.mark.processes\n"
+        "def test_cluster(tmp_path):\n"
+        "    running_cluster('x')\n"
+    )
+
+    assert unmarked_starters(module) == ["test_both.py::test_cluster"]
+
+
+SOURCE_WITH_CHILDREN = """
+import subprocess, http.server, pytest
+
+class Receiver(http.server.ThreadingHTTPServer):
+    pass
+
+def helper():
+    return subprocess.run(["true"])
+
+def indirect():
+    return helper()
+
+@pytest.fixture
+def receiver():
+    yield Receiver(("127.0.0.1", 0), None)
+
+@pytest.fixture
+def port(silent_port):
+    return silent_port
+
+def test_direct():
+    subprocess.check_output(["true"])
+
+def test_through_two_helpers():
+    indirect()
+
+def test_takes_a_listening_fixture(receiver):
+    pass
+
+def test_a_fixture_conftest_marks_by(port):
+    pass
+
+def test_manage():
+    run_manage("check")
+
+def test_pure():
+    assert sum([1, 2]) == 3
+
+def test_a_unix_socket_is_no_network_socket(tmp_path):
+    socket.socket(socket.AF_UNIX).bind(str(tmp_path / "s"))
+
+class TestGrouped:
+    def test_in_a_class(self):
+        Receiver(("127.0.0.1", 0), None)
+"""
+
+
+def test_the_scan_finds_children_and_listeners_through_helpers_and_fixtures(
+    tmp_path: Path,
+) -> None:
+    module = tmp_path / "test_children.py"
+    module.write_text(SOURCE_WITH_CHILDREN)
+
+    assert unmarked_starters(module) == [
+        "test_children.py::test_direct",
+        "test_children.py::test_through_two_helpers",
+        "test_children.py::test_takes_a_listening_fixture",
+        "test_children.py::test_manage",
+        "test_children.py::test_in_a_class",
+    ]
+    marked = SOURCE_WITH_CHILDREN.replace("\ndef test_", "\n@pytest.mark.processes\ndef test_")
+    module.write_text(
+        marked.replace("class TestGrouped", "@pytest.mark.servers\nclass TestGrouped")
+    )
+    assert unmarked_starters(module) == []
+    module.write_text(SOURCE_WITH_CHILDREN + "pytestmark = [pytest.mark.processes]\n")
+    assert unmarked_starters(module) == []
+
+
+@pytest.mark.processes
+def test_the_watch_sees_network_sockets_and_children_a_test_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    watch = ImpurityWatch()
+    watch.install(monkeypatch)
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+    assert watch.seen == [
+        "socket.bind(('127.0.0.1', 0))",
+        f"subprocess.Popen({[sys.executable, '-c', 'pass']})",
+    ]
+    complaint = watch.complaint("tests/test_x.py::test_y")
+    assert complaint is not None
+    assert complaint.startswith("tests/test_x.py::test_y ran in a run without servers")
+    assert "pytest.mark.processes" in complaint
+
+
+def test_the_watch_leaves_unix_sockets_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    watch = ImpurityWatch()
+    watch.install(monkeypatch)
+
+    with socket.socket(socket.AF_UNIX) as unix:
+        unix.bind(str(tmp_path / "s"))
+    left, right = socket.socketpair()
+    left.close()
+    right.close()
+
+    assert watch.seen == []
+    assert watch.complaint("tests/test_x.py::test_y") is None
 
 
 @pytest.mark.parametrize(
@@ -159,8 +251,12 @@ def test_the_scan_finds_a_server_started_by_hand(tmp_path: Path) -> None:
 )
 def test_deselects_servers_reads_the_marker_expression(markexpr: str, deselects: bool) -> None:
     assert deselects_servers(markexpr) is deselects
+    assert deselects_processes(markexpr.replace("servers", "processes")) is deselects
+    assert deselects_servers(UNIT_EXPRESSION)
+    assert deselects_processes(UNIT_EXPRESSION)
 
 
+@pytest.mark.processes
 def test_make_test_unit_leaves_out_the_servers_tests_and_needs_only_the_venv() -> None:
     makefile = (ROOT / "Makefile").read_text()
     [rule] = [line for line in makefile.splitlines() if line.startswith("test-unit:")]
@@ -175,5 +271,13 @@ def test_make_test_unit_leaves_out_the_servers_tests_and_needs_only_the_venv() -
 
     assert rule.split(":", 1)[1].split() == ["$(VENV)/.installed"]
     assert dry_run.returncode == 0, dry_run.stderr
-    assert f'pytest -m "{UNIT_EXPRESSION}"' in dry_run.stdout
+    assert f'pytest -m "{UNIT_EXPRESSION}" -n 2' in dry_run.stdout
     assert "apt-get" not in dry_run.stdout
+    # `make test` stays in one process: its server tests share session clusters.
+    [test_recipe] = [
+        line
+        for before, line in zip(makefile.splitlines(), makefile.splitlines()[1:], strict=False)
+        if before.startswith("test:")
+    ]
+    assert "pytest" in test_recipe
+    assert " -n " not in test_recipe

@@ -42,6 +42,7 @@ def test_first_blocking_dir_follows_owner_group_and_other_bits() -> None:
         shutil.rmtree(base)
 
 
+@pytest.mark.processes
 def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as sock:
@@ -89,6 +90,7 @@ def test_write_private_file_replaces_the_file_whole_with_mode_0600(tmp_path: Pat
     assert [entry.name for entry in tmp_path.iterdir()] == ["cluster.json"]
 
 
+@pytest.mark.processes
 def test_process_alive_and_processes_in_see_a_child_until_it_is_reaped(tmp_path: Path) -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.stdin.read()"],
@@ -107,6 +109,7 @@ def test_process_alive_and_processes_in_see_a_child_until_it_is_reaped(tmp_path:
     assert processes_in(tmp_path) == []
 
 
+@pytest.mark.processes
 def test_a_zombie_counts_as_gone() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:

@@ -281,6 +281,7 @@ def test_password_file_and_stdin_are_exclusive(tmp_path: Path) -> None:
     assert "not allowed with argument --password-file" in error
 
 
+@pytest.mark.processes
 def test_a_password_on_the_command_line_is_refused_and_not_echoed() -> None:
     result = run_manage(
         "register_cluster", "fleet", "--endpoint", "pg1=primary@db1", "--password=hunter2-on-argv"
@@ -304,6 +305,7 @@ def test_model_validation_errors_are_shown_per_field() -> None:
     ]
 
 
+@pytest.mark.processes
 def test_errors_reach_the_operator_from_the_command_line(
     child_env: dict[str, str], tmp_path: Path
 ) -> None:

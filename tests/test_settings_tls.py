@@ -18,6 +18,9 @@ import pytest
 from tests.helpers.processes import run_manage
 from tests.test_env import manage_env
 
+# Each setting is read from a manage.py child started with the environment under test.
+pytestmark = pytest.mark.processes
+
 ONE_YEAR_S = 31_536_000
 LABELS = ("SETTINGS", "RESPONSES")
 
