@@ -11,6 +11,7 @@ marked ``servers`` at collection, and every test that opens a local port through
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -185,3 +186,14 @@ def fresh(
             yield local, register_with_table_t(local)
         finally:
             routing.reset_router()
+
+
+@pytest.fixture
+def pgwarden_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """caplog, also hearing the "pgwarden" loggers (they do not propagate to the root)."""
+    logger = logging.getLogger("pgwarden")
+    logger.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)

@@ -86,15 +86,10 @@ def receiver(settings: Any) -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def pgwarden_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    # The "pgwarden" logger does not propagate to the root logger caplog listens on.
-    logger = logging.getLogger("pgwarden")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.DEBUG, logger="pgwarden")
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
+def pgwarden_logs(pgwarden_logs: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """conftest's pgwarden_logs, down to DEBUG (delivery logs its attempts there)."""
+    pgwarden_logs.set_level(logging.DEBUG, logger="pgwarden")
+    return pgwarden_logs
 
 
 # Conditions, from plain observations

@@ -59,17 +59,6 @@ def failover(monkeypatch: pytest.MonkeyPatch) -> FailoverStandIn:
     return stand_in
 
 
-@pytest.fixture
-def pgwarden_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    # The "pgwarden" logger does not propagate to the root logger caplog listens on.
-    logger = logging.getLogger("pgwarden")
-    logger.addHandler(caplog.handler)
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
-
-
 # Reactions: failover and split brain
 
 

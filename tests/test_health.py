@@ -7,10 +7,8 @@ reactions (failover, write refusal) are tested in ``test_control.py``.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -58,17 +56,6 @@ def timed_sweep(cluster: Cluster) -> tuple[dict[str, Observation], float]:
     started = time.monotonic()
     observations = sweep(cluster)
     return {o.endpoint.name: o for o in observations}, time.monotonic() - started
-
-
-@pytest.fixture
-def pgwarden_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    # The "pgwarden" logger does not propagate to the root logger caplog listens on.
-    logger = logging.getLogger("pgwarden")
-    logger.addHandler(caplog.handler)
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
 
 
 # What a sweep records
