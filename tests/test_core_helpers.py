@@ -95,6 +95,8 @@ def test_one_line_masks_connection_string_passwords():
 def test_with_sqlstate_only_when_there_is_one():
     assert with_sqlstate("boom", "57014") == "boom (SQLSTATE 57014)"
     assert with_sqlstate("boom", None) == "boom"
+    assert with_sqlstate("boom", "42P01", on="primary") == "boom (SQLSTATE 42P01, on primary)"
+    assert with_sqlstate("boom", None, on="replica1") == "boom (on replica1)"
 
 
 def test_crypto_without_a_key_provider_names_what_is_missing(monkeypatch):

@@ -9,9 +9,15 @@ from __future__ import annotations
 from endpoints.core.crypto import redact
 
 
-def with_sqlstate(message: str, sqlstate: str | None) -> str:
-    """``message (SQLSTATE xxxxx)``; the message alone when there is no SQLSTATE."""
-    return f"{message} (SQLSTATE {sqlstate})" if sqlstate else message
+def with_sqlstate(message: str, sqlstate: str | None, *, on: str | None = None) -> str:
+    """``message (SQLSTATE xxxxx, on ENDPOINT)``, leaving out what is unknown.
+
+    The message alone when there is neither a SQLSTATE nor an endpoint.
+    """
+    facts = [f"SQLSTATE {sqlstate}"] if sqlstate else []
+    if on:
+        facts.append(f"on {on}")
+    return f"{message} ({', '.join(facts)})" if facts else message
 
 
 def first_line(exc: BaseException, *secrets: str) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import psycopg
 
 from endpoints.core.crypto import redact
+from endpoints.core.errortext import with_sqlstate
 from endpoints.core.vocabulary import Intent
 
 
@@ -66,7 +67,7 @@ class QueryError(RoutingError):
         self.detail = redact(detail) if detail else None
         self.hint = hint
         self.statement_index = statement_index
-        text = f"{self.message} (SQLSTATE {sqlstate or 'unknown'}, on {endpoint})"
+        text = with_sqlstate(self.message, sqlstate, on=endpoint)
         if statement_index is not None:
             text = f"statement {statement_index + 1}: {text}"
         if self.detail:

@@ -245,6 +245,31 @@ def write_transaction(
     )
 
 
+def _explain_read_only(
+    cluster: str,
+    text: str,
+    params: Params,
+    read_preference: str | None,
+    timeout_ms: int,
+    planner: Purpose,
+    write_planned_as_reader: bool,
+) -> routing.QueryResult:
+    """``EXPLAIN`` text run in a READ ONLY transaction as ``planner``'s role."""
+    try:
+        return routing.execute(
+            cluster,
+            text,
+            params,
+            intent=Intent.READ,
+            read_only=True,
+            read_preference=read_preference,
+            timeout_ms=timeout_ms,
+            purpose=planner,
+        )
+    except routing.QueryError as exc:
+        raise _planning_hint(exc, write_planned_as_reader) from None
+
+
 def explain(
     cluster: str,
     sql: str,
@@ -277,19 +302,15 @@ def explain(
         # Planning a write needs the privilege to run it: the write role has it.
         writes = not classify(sql, client_placeholders=has_params).is_read
         planner = write_purpose if writes and allow_writes else purpose
-        try:
-            result = routing.execute(
-                cluster,
-                text,
-                params,
-                intent=Intent.READ,
-                read_only=True,
-                read_preference=read_preference,
-                timeout_ms=timeout_ms,
-                purpose=planner,
-            )
-        except routing.QueryError as exc:
-            raise _planning_hint(exc, writes and planner is purpose) from None
+        result = _explain_read_only(
+            cluster,
+            text,
+            params,
+            read_preference,
+            timeout_ms,
+            planner,
+            writes and planner is purpose,
+        )
         plan = next(iter(result.rows[0].values()))
         endpoint, role, elapsed_ms = result.endpoint, Role(result.role), result.elapsed_ms
     else:
