@@ -93,7 +93,7 @@ def react(cluster: Cluster, observations: list[Observation]) -> None:
     if cluster.fence_writes:
         for endpoint in endpoints_to_refuse_writes(observations):
             _refuse_writes(endpoint)
-    if cluster.auto_failover and primary_is_down(cluster, observations):
+    if cluster.fails_over_automatically and primary_is_down(cluster, observations):
         _fail_over(cluster)
 
 
@@ -115,7 +115,7 @@ def primary_is_down(cluster: Cluster, observations: Iterable[Observation]) -> bo
 
 def needs_reaction(cluster: Cluster, observations: list[Observation]) -> bool:
     """Whether :func:`react` would do anything (the sweep lock is extended first)."""
-    return (cluster.auto_failover and primary_is_down(cluster, observations)) or (
+    return (cluster.fails_over_automatically and primary_is_down(cluster, observations)) or (
         cluster.fence_writes and bool(endpoints_to_refuse_writes(observations))
     )
 

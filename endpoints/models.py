@@ -17,6 +17,7 @@ from django.db.models import Q
 
 from endpoints.core import crypto
 from endpoints.core.conninfo import ConnectionInfo, StoredRole
+from endpoints.core.maintenance import pause_text
 from endpoints.core.vocabulary import (
     AlertKind,
     AlertSeverity,
@@ -30,8 +31,8 @@ from endpoints.core.vocabulary import (
     Strategy,
     choices,
 )
+from endpoints.validators import GreaterThanValidator as GreaterThanValidator
 from endpoints.validators import (
-    GreaterThanValidator,
     all_positive,
     positive,
     positive_float,
@@ -40,23 +41,6 @@ from endpoints.validators import (
 
 # The models' older name for the balancing strategy.
 LoadBalancing = Strategy
-
-__all__ = [
-    "Alert",
-    "Cluster",
-    "Endpoint",
-    "FailoverEvent",
-    "GreaterThanValidator",
-    "HealthCheck",
-    "LoadBalancing",
-    "ReadPreference",
-    "RetryStrategy",
-    "Role",
-    "SslMode",
-    "State",
-    "Strategy",
-    "validate_host",
-]
 
 
 _ROLE_NAME_HELP = (
@@ -201,6 +185,19 @@ class Cluster(models.Model):
         default=True,
         help_text="Promote the most up-to-date replica when the primary is down.",
     )
+    paused = models.BooleanField(
+        "automatic failover paused",
+        default=False,
+        help_text="Maintenance mode: health checks and alerts go on, automatic failover does "
+        "not, until resumed (manual failover and switchover still work).",
+    )
+    paused_at = models.DateTimeField("paused since", null=True, blank=True, editable=False)
+    pause_reason = models.CharField(
+        "pause reason",
+        max_length=200,
+        blank=True,
+        help_text="Why automatic failover is paused (shown with the pause).",
+    )
     max_failover_lag_bytes = models.PositiveBigIntegerField(
         "max failover lag (bytes)",
         default=1024 * 1024,
@@ -301,6 +298,15 @@ class Cluster(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def fails_over_automatically(self) -> bool:
+        """Automatic failover is on and not paused for maintenance."""
+        return self.auto_failover and not self.paused
+
+    def pause_text(self) -> str:
+        """ "paused since <time> (<reason>)" for banners, alerts and logs; "" if not paused."""
+        return pause_text(self.paused_at, self.pause_reason) if self.paused else ""
 
     # Assistant credentials
 

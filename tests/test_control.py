@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from endpoints import control, coordination, health
+from endpoints import failover as real_failover
 from endpoints.control import sweep
 from endpoints.core.observations import Observation, ProbeResult
 from endpoints.core.vocabulary import Role
@@ -89,6 +90,26 @@ def test_without_automatic_failover_a_down_primary_only_alerts(
     assert failover.primary_down == []
     alert = Alert.objects.get(cluster=local_cluster, key="primary_down")
     assert "manage.py failover local" in alert.message
+
+
+def test_a_paused_cluster_alerts_but_does_not_fail_over_until_resumed(
+    local_cluster: Cluster, closed_port: int, failover: FailoverStandIn
+) -> None:
+    configure(local_cluster, failure_threshold=1, auto_failover=True)
+    paused = real_failover.pause(local_cluster, "kernel upgrade")
+    Endpoint.objects.filter(cluster=local_cluster, name="primary").update(port=closed_port)
+
+    sweep(paused)
+    sweep(paused)
+
+    assert failover.primary_down == []
+    alert = Alert.objects.get(cluster=local_cluster, key="primary_down", cleared_at=None)
+    assert "automatic failover is paused since " in alert.message
+    assert "(kernel upgrade)" in alert.message
+    assert "manage.py failover local --resume" in alert.message
+
+    sweep(real_failover.resume(local_cluster))
+    assert failover.primary_down == ["local"]
 
 
 def test_a_failing_failover_is_logged_and_the_sweep_goes_on(

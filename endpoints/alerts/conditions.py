@@ -123,11 +123,15 @@ def _primary_down(cluster: Cluster, o: Observation) -> Condition | None:
     endpoint = o.endpoint
     if endpoint.role != Role.PRIMARY or o.consecutive_failures < cluster.failure_threshold:
         return None
-    next_step = (
-        "automatic failover is starting"
-        if cluster.auto_failover
-        else f"automatic failover is off: run `manage.py failover {cluster.name}`"
-    )
+    if cluster.paused and cluster.auto_failover:
+        next_step = (
+            f"automatic failover is {cluster.pause_text()}: resume it with `manage.py "
+            f"failover {cluster.name} --resume`, or fail over by hand"
+        )
+    elif cluster.auto_failover:
+        next_step = "automatic failover is starting"
+    else:
+        next_step = f"automatic failover is off: run `manage.py failover {cluster.name}`"
     return Condition(
         PRIMARY_DOWN_KEY,
         AlertKind.PRIMARY_DOWN,

@@ -137,6 +137,7 @@ from endpoints.failover.procedures import (
     readmit,
     switchover,
 )
+from endpoints.failover.registry import pause, resume
 from endpoints.failover.server import (
     PROMOTE_WAIT_S,
     PROMOTION_VERIFY_S,
@@ -168,8 +169,10 @@ __all__ = [
     "format_lsn",
     "lock_key",
     "on_primary_down",
+    "pause",
     "plan_failover",
     "readmit",
     "refuse_writes",
+    "resume",
     "switchover",
 ]

@@ -78,14 +78,14 @@ def on_primary_down(cluster: Cluster) -> FailoverEvent | None:
     """The health sweep saw the primary fail ``failure_threshold`` probes: fail over if so.
 
     Under the lock, re-reads the registry and probes the primary once more (with the
-    replicas, concurrently). ``None`` when automatic failover is off, the primary answers,
+    replicas, concurrently). ``None`` when automatic failover is off or paused, the primary answers,
     no primary is registered, or another worker is already failing over: so workers that
     race here, or arrive just after a failover, never cause a second one.
     """
     try:
         with ClusterLock(cluster) as lock:
             cluster = Cluster.objects.get(pk=cluster.pk)
-            if not cluster.auto_failover or _recently_aborted(cluster):
+            if not cluster.fails_over_automatically or _recently_aborted(cluster):
                 return None
             survey = take_survey(cluster)
             if survey.primary is None or survey.primary_result is None:

@@ -1,4 +1,4 @@
-"""What failover changes in the control database: who is primary, who is fenced.
+"""What failover changes in the control database: who is primary, who is fenced, pauses.
 
 Each change is one transaction, followed (on commit) by a topology change notice, so every
 router sends writes to the new primary, and no traffic to a fenced endpoint, within a
@@ -7,12 +7,16 @@ second. ``.update()`` sends no signals: the notice is announced here explicitly.
 
 from __future__ import annotations
 
+import logging
+
 from django.db import transaction
 from django.utils import timezone
 
 from endpoints.core.vocabulary import Role, State
 from endpoints.models import Cluster, Endpoint
 from endpoints.routing import topology
+
+logger = logging.getLogger("pgwarden.failover")
 
 
 def record_new_primary(cluster: Cluster, new: Endpoint, fenced_reason: str) -> list[str]:
@@ -70,3 +74,33 @@ def clear_fence(endpoint: Endpoint) -> None:
         )
         transaction.on_commit(topology.notify_changed)
     endpoint.refresh_from_db()
+
+
+def pause(cluster: Cluster, reason: str = "") -> Cluster:
+    """Pause automatic failover of ``cluster`` (maintenance); checks and alerts go on.
+
+    Idempotent: pausing a paused cluster keeps its original time and updates the reason
+    only when one is given. Returns the cluster as stored.
+    """
+    reason = " ".join(reason.split())[: Cluster._meta.get_field("pause_reason").max_length]
+    with transaction.atomic():
+        locked = Cluster.objects.select_for_update().get(pk=cluster.pk)
+        if not locked.paused:
+            locked.paused, locked.paused_at = True, timezone.now()
+        if reason or not locked.pause_reason:
+            locked.pause_reason = reason
+        locked.save(update_fields=["paused", "paused_at", "pause_reason"])
+    logger.warning("automatic failover of %s %s", locked.name, locked.pause_text())
+    return locked
+
+
+def resume(cluster: Cluster) -> Cluster:
+    """Resume automatic failover of ``cluster``; the next sweep may fail over at once."""
+    with transaction.atomic():
+        locked = Cluster.objects.select_for_update().get(pk=cluster.pk)
+        was = locked.pause_text()
+        locked.paused, locked.paused_at, locked.pause_reason = False, None, ""
+        locked.save(update_fields=["paused", "paused_at", "pause_reason"])
+    if was:
+        logger.warning("automatic failover of %s resumed (it was %s)", locked.name, was)
+    return locked
