@@ -81,8 +81,10 @@ class ClusterAdmin(admin.ModelAdmin):
         "read_preference",
         "load_balancing",
         "auto_failover",
+        "failover_paused",
     )
     search_fields = ("name", "description")
+    actions = ["pause_automatic_failover", "resume_automatic_failover"]
     form = ClusterForm
     inlines = [EndpointInline]
     fieldsets = (
@@ -127,7 +129,21 @@ class ClusterAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        ("Failover", {"fields": ("auto_failover", "max_failover_lag_bytes", "fence_writes")}),
+        (
+            "Failover",
+            {
+                "fields": (
+                    "auto_failover",
+                    "max_failover_lag_bytes",
+                    "fence_writes",
+                    # Read-only: changed only through the pause/resume actions, the
+                    # failover command and the MCP admin tools.
+                    "paused",
+                    "paused_at",
+                    "pause_reason",
+                )
+            },
+        ),
         (
             "Assistant access (MCP server)",
             {
@@ -155,8 +171,36 @@ class ClusterAdmin(admin.ModelAdmin):
         ("Topology", {"fields": ("topology", "active_alerts", "failover_history")}),
         ("Routing statistics (this web process)", {"fields": ("routing_stats",)}),
     )
-    readonly_fields = ("topology", "active_alerts", "failover_history", "routing_stats")
+    readonly_fields = (
+        "paused",
+        "paused_at",
+        "pause_reason",
+        "topology",
+        "active_alerts",
+        "failover_history",
+        "routing_stats",
+    )
     change_form_template = "admin/endpoints/cluster/change_form.html"
+
+    @admin.display(description="failover paused", boolean=True, ordering="paused")
+    def failover_paused(self, cluster: Cluster) -> bool:
+        return cluster.paused
+
+    @admin.action(description="Pause automatic failover", permissions=["change"])
+    def pause_automatic_failover(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> None:
+        for cluster in queryset:
+            stored = failover.pause(cluster, reason=f"paused by {request.user} in the admin")
+            messages.warning(request, f"Automatic failover of {stored.name} {stored.pause_text()}.")
+
+    @admin.action(description="Resume automatic failover", permissions=["change"])
+    def resume_automatic_failover(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> None:
+        for cluster in queryset:
+            was = cluster.pause_text()
+            stored = failover.resume(cluster)
+            if was:
+                messages.success(request, f"Automatic failover of {stored.name} resumed.")
+            else:
+                messages.info(request, f"Automatic failover of {stored.name} was not paused.")
 
     @admin.display(description="topology")
     def topology(self, cluster: Cluster) -> SafeString | str:

@@ -9,8 +9,8 @@ a traceback, a password or a connection string.
 
 Which tools exist depends on what the operator allowed (:class:`BridgeConfig`):
 reads always; ``execute``, ``transaction`` and ``explain(analyze)`` of a write
-with writes allowed; ``check_health``, ``failover`` and the endpoint edits with
-admin allowed. A tool that is not allowed is not listed at all.
+with writes allowed; ``check_health``, ``failover``, ``pause_failover``/``resume_failover``
+and the endpoint edits with admin allowed. A tool that is not allowed is not listed at all.
 
 Least privilege: ``--cluster`` is a scope (any other cluster is refused), and tools that
 run SQL connect with the cluster's assistant role (writes: its assistant write role),
@@ -226,6 +226,10 @@ WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_
 OPERATE = ToolAnnotations(
     read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
 )
+# Changes one setting, which the other tool undoes; doing it twice is doing it once.
+TOGGLE = ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+)
 
 
 class PgwardenServer(MCPServer):
@@ -263,9 +267,11 @@ def build_server(config: BridgeConfig, policy: AccessPolicy | None = None) -> Pg
     return server
 
 
-def _tool(server: MCPServer, annotations: ToolAnnotations) -> Callable[[_Tool], _Tool]:
+def _tool(
+    server: MCPServer, annotations: ToolAnnotations, title: str | None = None
+) -> Callable[[_Tool], _Tool]:
     """``server.tool``: its output schema from the return type, or it does not register."""
-    return server.tool(annotations=annotations, structured_output=True)
+    return server.tool(title=title, annotations=annotations, structured_output=True)
 
 
 def _add_query(server: MCPServer, bridge: _Bridge) -> None:
@@ -486,6 +492,28 @@ def _add_operation_tools(server: MCPServer, bridge: _Bridge) -> None:
         with _tool_errors("failover", warning):
             event = fleet.failover(bridge.cluster(cluster), to=to, switchover=switchover)
             return bridge.answer(event)
+
+    @_tool(server, TOGGLE, title="Pause automatic failover")
+    def pause_failover(
+        cluster: ClusterName = None,
+        reason: Annotated[
+            str,
+            Field(description="Why (shown in banners, alerts and cluster_status).", max_length=150),
+        ] = "",
+    ) -> fleet.PauseRecord:
+        """Pause automatic failover of the cluster for maintenance, until resume_failover.
+
+        Health checks and alerts go on (a primary down while paused raises an alert);
+        a manual failover still works.
+        """
+        with _tool_errors("pause_failover", warning):
+            return bridge.answer(fleet.pause_failover(bridge.cluster(cluster), reason))
+
+    @_tool(server, TOGGLE, title="Resume automatic failover")
+    def resume_failover(cluster: ClusterName = None) -> fleet.PauseRecord:
+        """Resume automatic failover of the cluster: a primary that is down is replaced."""
+        with _tool_errors("resume_failover", warning):
+            return bridge.answer(fleet.resume_failover(bridge.cluster(cluster)))
 
 
 def _add_endpoint_tool(server: MCPServer, bridge: _Bridge) -> None:

@@ -42,7 +42,15 @@ READ_TOOLS = {
     "health_history",
 }
 WRITE_TOOLS = {"execute", "transaction"}
-ADMIN_TOOLS = {"check_health", "failover", "add_endpoint", "remove_endpoint", "set_endpoint"}
+ADMIN_TOOLS = {
+    "check_health",
+    "failover",
+    "pause_failover",
+    "resume_failover",
+    "add_endpoint",
+    "remove_endpoint",
+    "set_endpoint",
+}
 
 
 def run(*flags: str, env: dict[str, str] | None = None) -> Callable[[Body], None]:
@@ -703,6 +711,47 @@ def test_sockets_as_node_clients_give_them_are_served(cluster: Cluster, shared: 
 
 
 # Admin tools
+
+
+def test_pause_tools_pause_and_resume_and_cluster_status_says_so(cluster: Cluster) -> None:
+    async def body(mcp: Mcp) -> None:
+        tools = {tool.name: tool for tool in (await mcp.session.list_tools()).tools}
+        for name in ("pause_failover", "resume_failover"):
+            tool = tools[name]
+            assert tool.title
+            assert "automatic failover" in tool.title
+            assert tool.annotations is not None
+            assert tool.annotations.read_only_hint is False
+            assert tool.annotations.idempotent_hint is True
+            assert {"paused", "paused_since"} <= set((tool.output_schema or {})["properties"])
+        status_schema = tools["cluster_status"].output_schema or {}
+        assert {"paused", "paused_since", "pause_reason"} <= set(status_schema["properties"])
+
+        status = await mcp.ok("cluster_status")
+        assert (status["paused"], status["paused_since"], status["pause_reason"]) == (
+            False,
+            None,
+            "",
+        )
+        paused = await mcp.ok("pause_failover", reason="minor upgrade")
+        assert paused["paused"] is True
+        assert paused["changed"] is True
+        assert paused["pause_reason"] == "minor upgrade (by mcp)"
+        assert paused["fails_over_automatically"] is False
+        status = await mcp.ok("cluster_status")
+        assert status["paused"] is True
+        assert status["paused_since"] == paused["paused_since"] is not None
+        assert status["pause_reason"] == "minor upgrade (by mcp)"
+        assert "ghost" in await mcp.error("pause_failover", cluster="ghost")
+
+        resumed = await mcp.ok("resume_failover")
+        assert resumed["paused"] is False
+        assert resumed["changed"] is True
+        assert "minor upgrade" in resumed["message"]
+        assert (await mcp.ok("cluster_status"))["paused"] is False
+
+    run("--allow-admin")(body)
+    assert not Cluster.objects.get(pk=cluster.pk).paused
 
 
 def test_admin_tools_validate_act_and_record(

@@ -387,6 +387,8 @@ def test_cluster_is_a_scope_that_tools_and_resources_keep(
             ("add_endpoint", {"name": "x", "host": "127.0.0.1", "password": "p"}),
             ("remove_endpoint", {"name": "replica1"}),
             ("set_endpoint", {"name": "replica1", "weight": 0}),
+            ("pause_failover", {"reason": "out of scope"}),
+            ("resume_failover", {}),
         ]
         for tool, arguments in calls:
             refused = await mcp.error(tool, cluster="other", **arguments)
@@ -412,6 +414,7 @@ def test_cluster_is_a_scope_that_tools_and_resources_keep(
         "replica1",
         "replica2",
     }
+    assert not Cluster.objects.get(pk=other_cluster.pk).paused
 
 
 # Roles the server refuses, and the flag that serves them anyway

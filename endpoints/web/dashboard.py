@@ -239,6 +239,10 @@ class ClusterView:
             "primary": primary.name if primary is not None else None,
             "available": self.available,
             "enabled": self.enabled,
+            "auto_failover": self.cluster.auto_failover,
+            "paused": self.cluster.paused,
+            "paused_since": to_json(self.cluster.paused_at) if self.cluster.paused else None,
+            "pause_reason": self.cluster.pause_reason if self.cluster.paused else "",
             "endpoints": [tile.data() for tile in self.tiles],
             "topology": {
                 "primary": primary.name if primary is not None else None,

@@ -357,6 +357,19 @@ def _cluster_families(registry: _Registry) -> Iterator[Metric]:
         "answers 200), else 0.",
         ["cluster"],
     )
+    for cluster in registry.clusters:
+        endpoints = registry.endpoints.get(cluster.pk, [])
+        view = registry_view(cluster, endpoints)
+        enabled.add_metric([cluster.name], sum(1 for e in endpoints if e.enabled))
+        available.add_metric(
+            [cluster.name], len(view.replicas) + (1 if view.primary is not None else 0)
+        )
+        primary.add_metric([cluster.name], int(view.primary is not None))
+    yield from (enabled, available, primary)
+    yield from _failover_families(registry)
+
+
+def _failover_families(registry: _Registry) -> Iterator[Metric]:
     failovers = _counter(
         "pgwarden_cluster_failovers",
         "Finished failovers and switchovers, by kind and outcome (every combination is "
@@ -374,25 +387,25 @@ def _cluster_families(registry: _Registry) -> Iterator[Metric]:
         "kind and outcome (absent when there has been none).",
         ["cluster", "kind", "outcome"],
     )
+    paused = _gauge(
+        "pgwarden_cluster_failover_paused",
+        "1 while automatic failover of the cluster is paused for maintenance (health checks "
+        "and alerts go on), else 0.",
+        ["cluster"],
+    )
     now = timezone.now()
     for cluster in registry.clusters:
-        endpoints = registry.endpoints.get(cluster.pk, [])
-        view = registry_view(cluster, endpoints)
-        enabled.add_metric([cluster.name], sum(1 for e in endpoints if e.enabled))
-        available.add_metric(
-            [cluster.name], len(view.replicas) + (1 if view.primary is not None else 0)
-        )
-        primary.add_metric([cluster.name], int(view.primary is not None))
         for kind in FAILOVER_KINDS:
             for outcome in FINISHED_OUTCOMES:
                 count = registry.failovers.get((cluster.name, kind, outcome), 0)
                 failovers.add_metric([cluster.name, kind, outcome], count)
         running.add_metric([cluster.name], registry.in_progress.get(cluster.name, 0))
+        paused.add_metric([cluster.name], int(cluster.paused))
         last = registry.last_failover.get(cluster.pk)
         if last is not None and last.finished_at is not None:
             elapsed = max(0.0, (now - last.finished_at).total_seconds())
             since.add_metric([cluster.name, last.kind, last.outcome], elapsed)
-    yield from (enabled, available, primary, failovers, running, since)
+    yield from (failovers, running, since, paused)
 
 
 # This process's router

@@ -1,4 +1,5 @@
-"""``manage.py failover CLUSTER``: promote a replica now, or switch over with no data loss."""
+"""``manage.py failover CLUSTER``: promote a replica now, switch over with no data loss, or
+pause/resume automatic failover for maintenance."""
 
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ The candidate: --to ENDPOINT, or the enabled, answering, unfenced replica with t
 most WAL replayed (then promotion priority, weight, name), within the cluster's max
 failover lag. The plan is printed first and you confirm it, unless --yes is given;
 --yes is required when stdin is not a terminal.
+
+With --pause [--reason TEXT] / --resume (maintenance):
+  automatic failover of CLUSTER stops (or starts again); health checks and alerts
+  go on, and a primary that goes down while paused raises an alert instead. Nothing
+  is promoted; a manual failover still works while paused.
 """
 
 EPILOG = """\
@@ -43,6 +49,8 @@ examples:
   manage.py failover local --dry-run            show the plan, change nothing
   manage.py failover local --switchover --yes   planned switchover to the best replica
   manage.py failover local --to replica2        failover to replica2, after confirming
+  manage.py failover local --pause --reason "OS upgrade"   pause automatic failover
+  manage.py failover local --resume             resume automatic failover
 
 Exit status: 0 when the failover succeeded (or --dry-run found a candidate), 1 when
 it was aborted, failed, or refused.
@@ -94,7 +102,16 @@ class Command(BaseCommand):
             "--reason",
             default="",
             help="Why, for the audit trail (default: 'manual failover (or switchover) from the "
-            "command line').",
+            "command line'; with --pause: the pause reason shown in banners).",
+        )
+        maintenance = parser.add_mutually_exclusive_group()
+        maintenance.add_argument(
+            "--pause",
+            action="store_true",
+            help="Pause automatic failover of CLUSTER (maintenance); checks and alerts go on.",
+        )
+        maintenance.add_argument(
+            "--resume", action="store_true", help="Resume automatic failover of CLUSTER."
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -102,6 +119,9 @@ class Command(BaseCommand):
         if cluster is None:
             known = ", ".join(Cluster.objects.values_list("name", flat=True)) or "none"
             raise CommandError(f"no cluster {options['cluster']!r} (registered: {known})")
+        if options["pause"] or options["resume"]:
+            self._pause_or_resume(cluster, options)
+            return
         switchover: bool = options["switchover"]
         to: str | None = options["to"]
         what = "switchover" if switchover else "failover"
@@ -146,6 +166,42 @@ class Command(BaseCommand):
         if event.outcome != FailoverOutcome.SUCCEEDED:
             raise CommandError(f"{summary}. {event.reason}")
         self.stdout.write(self.style.SUCCESS(summary))
+
+    def _pause_or_resume(self, cluster: Cluster, options: dict[str, Any]) -> None:
+        """--pause / --resume: refuse the promotion options, then change and say the pause."""
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("to", "switchover", "dry_run")
+            if options[name] not in (None, False)
+        ]
+        if options["timeout"] != 30.0:
+            given.append("--timeout")
+        action = "--pause" if options["pause"] else "--resume"
+        if given:
+            raise CommandError(
+                f"{action} cannot be combined with {', '.join(given)}: it changes only "
+                "whether failover happens automatically"
+            )
+        if options["resume"] and options["reason"]:
+            raise CommandError("--reason goes with --pause (or a failover), not --resume")
+        if options["pause"]:
+            stored = failover.pause(cluster, reason=options["reason"])
+            self.stdout.write(
+                self.style.WARNING(f"automatic failover of {stored.name} {stored.pause_text()}")
+            )
+            if not stored.auto_failover:
+                self.stdout.write(f"(automatic failover of {stored.name} is also switched off)")
+            return
+        was = cluster.pause_text()
+        stored = failover.resume(cluster)
+        if was:
+            self.stdout.write(
+                self.style.SUCCESS(f"automatic failover of {stored.name} resumed (was {was})")
+            )
+        else:
+            self.stdout.write(
+                f"automatic failover of {stored.name} was not paused: nothing changed"
+            )
 
     def _confirm(self, what: str, candidate: str) -> None:
         if not sys.stdin.isatty():

@@ -6,7 +6,8 @@ results: lookups, validation and the audit trail live here, in three modules:
 - :mod:`.records`: the typed results shared by both halves, and how rows become them;
 - :mod:`.status`: what the fleet looks like (status, live database info, history,
   a sweep now);
-- :mod:`.operations`: what changes it (failover, switchover, the endpoint registry).
+- :mod:`.operations`: what changes it (failover, switchover, the maintenance pause, the
+  endpoint registry).
 
 Every result is JSON-safe (datetimes as ISO 8601 strings) and never holds a password or
 a connection string. Errors callers may translate: ``routing.ClusterNotFound``,
@@ -23,8 +24,10 @@ from endpoints.services.fleet.operations import (
     InvalidInput,
     add_endpoint,
     failover,
+    pause_failover,
     plan_failover,
     remove_endpoint,
+    resume_failover,
     set_endpoint,
 )
 from endpoints.services.fleet.records import (
@@ -33,6 +36,7 @@ from endpoints.services.fleet.records import (
     EndpointRemoved,
     FailoverEventRecord,
     FailoverPlanRecord,
+    PauseRecord,
     PoolSettings,
     _error,
     _iso,
@@ -89,6 +93,7 @@ __all__ = [
     "HistorySummary",
     "InvalidInput",
     "LatestCheck",
+    "PauseRecord",
     "PoolSettings",
     "UnknownEndpoint",
     # The dashboard's shaping helpers, until it has its own presentation module.
@@ -107,8 +112,10 @@ __all__ = [
     "get_cluster",
     "get_endpoint",
     "health_history",
+    "pause_failover",
     "plan_failover",
     "pool_settings",
     "remove_endpoint",
+    "resume_failover",
     "set_endpoint",
 ]

@@ -27,9 +27,11 @@ from endpoints.services.fleet.records import (
     EndpointRemoved,
     FailoverEventRecord,
     FailoverPlanRecord,
+    PauseRecord,
     endpoint_changed,
     endpoint_record,
     failover_event,
+    pause_record,
 )
 from endpoints.services.fleet.status import get_cluster, unknown_endpoint
 
@@ -113,6 +115,40 @@ def failover(
             found, to=plan.candidate, kind=FailoverKind.MANUAL, reason=reason
         )
     return failover_event(event)
+
+
+def pause_failover(cluster: str, reason: str = "", *, actor: str = "mcp") -> PauseRecord:
+    """Pause automatic failover of ``cluster`` (maintenance); checks and alerts go on.
+
+    Idempotent: a paused cluster keeps its pause time (and its reason, unless one is
+    given). The reason is stored with who paused it: ``"<reason> (by <actor>)"``.
+    """
+    if not isinstance(reason, str):
+        raise ValueError(f"reason must be a string, not {type(reason).__name__}")
+    found = get_cluster(cluster)
+    was_paused = found.paused
+    given = " ".join(reason.split())
+    # No reason given: a pause under way keeps its own ("" changes nothing).
+    default = "" if was_paused else f"paused by {actor}"
+    stored = failover_service.pause(found, reason=f"{given} (by {actor})" if given else default)
+    return pause_record(
+        stored,
+        changed=not was_paused,
+        message=f"automatic failover of {stored.name} {stored.pause_text()}",
+    )
+
+
+def resume_failover(cluster: str) -> PauseRecord:
+    """Resume automatic failover of ``cluster``: the next sweep may fail over at once."""
+    found = get_cluster(cluster)
+    was = found.pause_text()
+    stored = failover_service.resume(found)
+    message = (
+        f"automatic failover of {stored.name} resumed (was {was})"
+        if was
+        else f"automatic failover of {stored.name} was not paused: nothing changed"
+    )
+    return pause_record(stored, changed=bool(was), message=message)
 
 
 # Registry changes

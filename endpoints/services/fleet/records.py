@@ -15,7 +15,7 @@ from pydantic import Field
 
 from endpoints.core.crypto import redact
 from endpoints.core.vocabulary import FailoverKind, FailoverOutcome, Role, SslMode, State
-from endpoints.models import Endpoint, FailoverEvent
+from endpoints.models import Cluster, Endpoint, FailoverEvent
 from endpoints.services.results import Answer, Result, json_name
 
 # Shaping
@@ -119,6 +119,35 @@ class FailoverPlanRecord(Answer):
     lag_bytes: dict[str, int]
     reference_lsn: str | None
     description: str
+
+
+class PauseRecord(Answer):
+    """Whether automatic failover of a cluster is paused for maintenance, after a change."""
+
+    cluster: str
+    paused: bool
+    paused_since: str | None = Field(description="When the pause began (ISO 8601), or null.")
+    pause_reason: str
+    auto_failover: bool = Field(description="The cluster's automatic failover setting.")
+    fails_over_automatically: bool = Field(
+        description="Automatic failover is on and not paused: a primary that goes down is replaced."
+    )
+    changed: bool = Field(description="False when the cluster already was in that state.")
+    message: str
+
+
+def pause_record(cluster: Cluster, *, changed: bool, message: str) -> PauseRecord:
+    """The cluster's pause as stored, and what the call did."""
+    return PauseRecord(
+        cluster=cluster.name,
+        paused=cluster.paused,
+        paused_since=_iso(cluster.paused_at) if cluster.paused else None,
+        pause_reason=cluster.pause_reason if cluster.paused else "",
+        auto_failover=cluster.auto_failover,
+        fails_over_automatically=cluster.fails_over_automatically,
+        changed=changed,
+        message=message,
+    )
 
 
 def pool_settings(endpoint: Endpoint) -> PoolSettings:

@@ -217,6 +217,9 @@ class ClusterStatus(Answer):
     cluster: str
     primary: str | None
     auto_failover: bool
+    paused: bool = Field(description="Automatic failover is paused for maintenance.")
+    paused_since: str | None = Field(description="When the pause began (ISO 8601), or null.")
+    pause_reason: str = Field(description="Why it is paused; empty when not paused.")
     read_preference: ReadPreference
     load_balancing: LoadBalancing
     topology_version: int | None
@@ -295,6 +298,9 @@ def cluster_status(cluster: str) -> ClusterStatus:
         cluster=found.name,
         primary=primary.name if primary is not None else None,
         auto_failover=found.auto_failover,
+        paused=found.paused,
+        paused_since=_iso(found.paused_at) if found.paused else None,
+        pause_reason=found.pause_reason if found.paused else "",
         read_preference=ReadPreference(routed.read_preference),
         load_balancing=LoadBalancing(routed.load_balancing),
         topology_version=routed.topology_version,
