@@ -93,6 +93,7 @@ class ClusterAdmin(admin.ModelAdmin):
             "Routing",
             {
                 "fields": (
+                    "preset",
                     "read_preference",
                     "load_balancing",
                     "max_replica_lag_s",

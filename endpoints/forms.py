@@ -8,6 +8,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
 
+from endpoints.core.presets import PRESETS, preset
 from endpoints.models import Cluster, Endpoint, Role
 
 
@@ -89,6 +90,15 @@ class ClusterForm(forms.ModelForm):
 
     assistant_password = _write_only_password("Assistant role")
     assistant_write_password = _write_only_password("Assistant write role")
+    preset = forms.ChoiceField(
+        label="Preset",
+        required=False,
+        choices=[("", "(keep the values below)")]
+        + [(p.name, f"{p.name}: {p.summary}") for p in PRESETS],
+        help_text="Fills the load balancing, timeout, retry and circuit breaker fields with "
+        "the preset's values when saved (the README's table lists them), replacing what is "
+        "typed below.",
+    )
 
     class Meta:
         model = Cluster
@@ -105,6 +115,11 @@ class ClusterForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         super().clean()
         cleaned = self.cleaned_data
+        if cleaned.get("preset"):
+            # Saved from cleaned_data by the ModelForm once clean() returns.
+            cleaned.update(preset(cleaned["preset"]).values)
+            for field in preset(cleaned["preset"]).values:
+                self.errors.pop(field, None)  # a value replaced by the preset's is no error
         for writes, user_field, password_field in _ASSISTANT_FIELDS:
             user, password = cleaned.get(user_field), cleaned.get(password_field)
             if password and not user:
