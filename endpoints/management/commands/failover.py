@@ -17,6 +17,7 @@ from django.core.management.base import (
 from endpoints import failover
 from endpoints.core.vocabulary import FailoverKind, FailoverOutcome
 from endpoints.models import Cluster
+from endpoints.services import fleet
 
 DESCRIPTION = """\
 Promote a replica of CLUSTER to primary, and show every step.
@@ -192,16 +193,10 @@ class Command(BaseCommand):
             if not stored.auto_failover:
                 self.stdout.write(f"(automatic failover of {stored.name} is also switched off)")
             return
-        was = cluster.pause_text()
-        stored = failover.resume(cluster)
-        if was:
-            self.stdout.write(
-                self.style.SUCCESS(f"automatic failover of {stored.name} resumed (was {was})")
-            )
-        else:
-            self.stdout.write(
-                f"automatic failover of {stored.name} was not paused: nothing changed"
-            )
+        resumed = fleet.resume_failover(cluster.name)  # the MCP tool's service and text
+        self.stdout.write(
+            self.style.SUCCESS(resumed.message) if resumed.changed else resumed.message
+        )
 
     def _confirm(self, what: str, candidate: str) -> None:
         if not sys.stdin.isatty():
